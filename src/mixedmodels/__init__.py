@@ -1,0 +1,13 @@
+"""mixedmodels: linear and generalized linear mixed models, from scratch.
+
+The helper package of the book "Mixed models with the Lannisters".
+"""
+
+from .simulate import simulate_archers, westeros_names
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "simulate_archers",
+    "westeros_names",
+]
