@@ -3,11 +3,15 @@
 The helper package of the book "Mixed models with the Lannisters".
 """
 
+from .gibbs import HalfT, InverseGamma, gibbs_random_intercept
 from .simulate import simulate_archers, westeros_names
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "gibbs_random_intercept",
+    "HalfT",
+    "InverseGamma",
     "simulate_archers",
     "westeros_names",
 ]
