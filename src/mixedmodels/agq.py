@@ -27,7 +27,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.special import logsumexp
 
 from .families import Family
 from .quadrature import gauss_hermite
@@ -155,13 +154,14 @@ def _segment_sum(a: np.ndarray, starts: np.ndarray) -> np.ndarray:
 
 
 def conditional_modes(eta_fixed: np.ndarray, sigma: float, chunk: GroupChunk, family: Family,
-                      u0: np.ndarray | None = None, tol: float = 1e-10, maxiter: int = 100
+                      u0: np.ndarray | None = None, tol: float = 1e-10, maxiter: int = 200
                       ) -> tuple[np.ndarray, int]:
-    """Maximize each group's ``g_i(u)`` by a damped Newton iteration, all groups at once.
+    """Maximize each group's ``g_i(u)`` by a safeguarded Newton iteration, all groups at once.
 
-    ``g_i`` is strictly concave (canonical link), so Newton converges from anywhere once
-    steps that lower ``g`` are halved; lopsided groups (no clicks, large ``sigma``) are the
-    ones that need the halving.
+    ``g_i`` is strictly concave (canonical link), so ``g_i'`` is decreasing and the sign of
+    ``g_i'`` at every iterate brackets the mode; a Newton step that leaves the bracket is
+    replaced by bisection. Lopsided groups (no clicks, large ``sigma``) are the ones that need
+    it. Only first and second derivatives are evaluated (one ``expit`` pass per iteration).
 
     Returns
     -------
@@ -169,38 +169,29 @@ def conditional_modes(eta_fixed: np.ndarray, sigma: float, chunk: GroupChunk, fa
     iterations : int
     """
     G = chunk.ngroups
-    u = np.zeros(G) if u0 is None else np.array(u0, dtype=float, copy=True)
     if sigma == 0.0:
         return np.zeros(G), 0
+    u = np.zeros(G) if u0 is None else np.array(u0, dtype=float, copy=True)
     y, m, z, st, gi = chunk.y, chunk.m, chunk.z, chunk.starts, chunk.gidx
-
-    def gval(u):
-        eta = eta_fixed + sigma * z * u[gi]
-        return _segment_sum(m * (y * eta - family.cumulant(eta)), st) - 0.5 * u * u
-
-    active = np.arange(G)
-    g_old = gval(u)
+    lo = np.full(G, -np.inf)
+    hi = np.full(G, np.inf)
+    sz = sigma * z
     for it in range(1, maxiter + 1):
-        eta = eta_fixed + sigma * z * u[gi]
+        eta = eta_fixed + sz * u[gi]
         d1, d2 = family.derivs(eta, y, m, order=2)
-        grad = sigma * _segment_sum(z * d1, st) - u
-        hess = sigma * sigma * _segment_sum(z * z * d2, st) - 1.0
-        step = -grad / hess
-        step[np.setdiff1d(np.arange(G), active, assume_unique=True)] = 0.0
-        u_new = u + step
-        g_new = gval(u_new)
-        # Halve the step where it lowered g (a few rounds suffice for concave g).
-        for _ in range(30):
-            bad = g_new < g_old - 1e-12 * (1.0 + np.abs(g_old))
-            if not np.any(bad):
-                break
-            step[bad] *= 0.5
-            u_new = u + step
-            g_new = gval(u_new)
-        u, g_old = u_new, g_new
-        conv = np.abs(step) <= tol * (1.0 + np.abs(u))
-        active = active[~conv[active]]
-        if active.size == 0:
+        grad = _segment_sum(sz * d1, st) - u
+        hess = _segment_sum(sz * sz * d2, st) - 1.0
+        pos = grad > 0
+        lo = np.where(pos, np.maximum(lo, u), lo)
+        hi = np.where(pos, hi, np.minimum(hi, u))
+        u_new = u - grad / hess
+        outside = ~((u_new > lo) & (u_new < hi))
+        if np.any(outside):
+            both = np.isfinite(lo) & np.isfinite(hi)
+            u_new = np.where(outside & both, 0.5 * (lo + hi), u_new)
+        step = u_new - u
+        u = u_new
+        if np.all(np.abs(step) <= tol * (1.0 + np.abs(u))):
             return u, it
     return u, maxiter
 
@@ -249,10 +240,14 @@ def agq_chunk(beta: np.ndarray, sigma: float, chunk: GroupChunk, family: Family,
     zk, lwk = rule.z[keep], rule.logw_adapt[keep]
     uk = u_hat[:, None] + s[:, None] * zk[None, :]                     # (G, K)
     eta_k = eta0[:, None] + (sigma * z)[:, None] * uk[gi]             # (n, K)
-    ll_k = family.loglik_rows(eta_k, y[:, None], m[:, None], chunk.const[:, None])
+    if gradient:
+        ll_k, d1_k = family.loglik_d1(eta_k, y[:, None], m[:, None], chunk.const[:, None])
+    else:
+        ll_k = family.loglik_rows(eta_k, y[:, None], m[:, None], chunk.const[:, None])
     gk = _segment_sum(ll_k, st) - 0.5 * uk * uk - _LOG_SQRT_2PI       # g_i(u_k)
     a = lwk[None, :] + gk
-    lse = logsumexp(a, axis=1)
+    amax = np.max(a, axis=1)
+    lse = amax + np.log(np.sum(np.exp(a - amax[:, None]), axis=1))
     ll_groups = np.log(s) + lse
     loglik = float(ll_groups.sum())
     if not gradient:
@@ -260,7 +255,6 @@ def agq_chunk(beta: np.ndarray, sigma: float, chunk: GroupChunk, family: Family,
 
     p = X.shape[1]
     pi = np.exp(a - lse[:, None])                                        # (G, K) node weights
-    d1_k = family.derivs(eta_k, y[:, None], m[:, None], order=2)[0]      # (n, K)
     del eta_k, ll_k
     zd1_k = _segment_sum(z[:, None] * d1_k, st)                          # (G, K)
     Gk = sigma * zd1_k - uk                                              # g'(u_k)

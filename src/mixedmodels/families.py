@@ -63,6 +63,11 @@ class Family:
         c = self.log_const(y, m) if const is None else const
         return m * (y * eta - self.cumulant(eta)) + c
 
+    def loglik_d1(self, eta: np.ndarray, y: np.ndarray, m: np.ndarray, const: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """Row log-probabilities and first derivatives in ``eta`` (one pass where possible)."""
+        return self.loglik_rows(eta, y, m, const), self.derivs(eta, y, m, order=2)[0]
+
     def derivs(self, eta: np.ndarray, y: np.ndarray, m: np.ndarray, order: int = 2
                ) -> tuple[np.ndarray, ...]:
         """Derivatives of the row log-probability in ``eta``: ``(d1, d2[, d3])``.
@@ -121,6 +126,14 @@ class Binomial(Family):
         k = np.round(m * y)
         return gammaln(n + 1.0) - gammaln(k + 1.0) - gammaln(n - k + 1.0)
 
+    def loglik_d1(self, eta, y, m, const):
+        """Row log-probabilities and first derivatives, sharing one ``exp`` pass."""
+        e = np.exp(-np.abs(eta))
+        log1pexp = np.maximum(eta, 0.0) + np.log1p(e)
+        inv = 1.0 / (1.0 + e)
+        mu = np.where(eta >= 0, inv, e * inv)
+        return m * (y * eta - log1pexp) + const, m * (y - mu)
+
     def derivs(self, eta, y, m, order=2):
         mu = expit(eta)
         v = mu * (1.0 - mu)
@@ -156,6 +169,10 @@ class Poisson(Family):
 
     def log_const(self, y, m):
         return -m * gammaln(y + 1.0)
+
+    def loglik_d1(self, eta, y, m, const):
+        mu = np.exp(eta)
+        return m * (y * eta - mu) + const, m * (y - mu)
 
     def derivs(self, eta, y, m, order=2):
         mu = np.exp(eta)
