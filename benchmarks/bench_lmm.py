@@ -1,0 +1,86 @@
+"""Benchmark of the linear mixed model fitter (issue 3's speed targets).
+
+Prints, for each gaussian reference fit, the median wall-clock time of ``lmer`` (target:
+< 20 ms each), and for a simulated crossed design with 70,000 observations and three random
+intercepts (about 3,000, 1,100 and 14 levels, the shape of lme4's InstEval) the time of an ML
+fit (target: < 5 s) and the peak memory of the process (target: < 1 GB).
+
+Run: ``.venv/bin/python benchmarks/bench_lmm.py`` (add ``--quick`` to skip the big model).
+The figures are for the machine that runs it; the targets were set for a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mixedmodels.lmm import lmer
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures"
+GAUSSIAN = ["dyestuff_reml", "dyestuff_ml", "sleepstudy_slopes", "sleepstudy_uncorrelated",
+            "penicillin_crossed", "pastes_nested"]
+
+
+def load_reference(name: str) -> tuple[dict, pd.DataFrame]:
+    ref = json.loads((FIXTURES / "lme4" / f"{name}.json").read_text())
+    df = pd.read_csv(FIXTURES / ref["data"])
+    factors = ref["factors"] if isinstance(ref["factors"], list) else [ref["factors"]]
+    for f in factors:
+        df[f] = df[f].astype(str)
+    return ref, df
+
+
+def simulate_crossed(n: int = 70_000, levels: tuple[int, ...] = (3000, 1100, 14), seed: int = 20260101) -> pd.DataFrame:
+    """Crossed random intercepts: y = 3 + a_s + b_d + c_dept + e, the lecturers nested in departments."""
+    rng = np.random.default_rng(seed)
+    ns, nd, ndept = levels
+    s = rng.integers(0, ns, n)
+    d = rng.integers(0, nd, n)
+    dept_of_d = rng.integers(0, ndept, nd)
+    dept = dept_of_d[d]
+    y = (3.0 + rng.normal(0, 0.3, ns)[s] + rng.normal(0, 0.4, nd)[d] + rng.normal(0, 0.1, ndept)[dept]
+         + rng.normal(0, 1.2, n))
+    return pd.DataFrame({"y": y, "s": s.astype(str), "d": d.astype(str), "dept": dept.astype(str),
+                         "service": rng.integers(0, 2, n)})
+
+
+def main(quick: bool = False) -> None:
+    print(f"machine: {platform.machine()}, {platform.system()}, python {platform.python_version()}")
+    print("small reference fits (median of 7 runs; target < 20 ms each):")
+    for name in GAUSSIAN:
+        ref, df = load_reference(name)
+        times = []
+        for _ in range(7):
+            t0 = time.perf_counter()
+            fit = lmer(ref["formula"], df, reml=ref["reml"])
+            times.append(time.perf_counter() - t0)
+        print(f"  {name:25s} {1000 * np.median(times):7.1f} ms  ({fit.optsum.evaluations} evaluations;"
+              f" lme4 here: {1000 * ref['lme4_seconds']:.0f} ms)")
+    if quick:
+        return
+    df = simulate_crossed()
+    formula = "y ~ 1 + service + (1 | s) + (1 | d) + (1 | dept)"
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = lmer(formula, df, reml=False)
+    seconds = time.perf_counter() - t0
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"crossed design: n = {fit.nobs}, levels {fit.ngroups}")
+    print(f"  ML fit of {formula!r}: {seconds:.2f} s (target < 5 s), "
+          f"{fit.optsum.evaluations} evaluations, converged: {fit.converged}")
+    print(f"  peak memory of the process: {peak_mb:.0f} MB (target < 1024 MB)")
+    print("  estimates: " + ", ".join(f"{r.group} sd {r.sdcor:.3f}" for r in fit.varcorr().itertuples()))
+
+
+if __name__ == "__main__":
+    main(quick="--quick" in sys.argv)

@@ -1,0 +1,128 @@
+"""Small named input checks (in the spirit of lme4's R/modular.R checkers).
+
+Each function raises ``ValueError`` with a message that names the argument or column at fault,
+so a reader never meets a numpy traceback for a mistake in their input.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .formula import ModelStructure
+
+__all__ = [
+    "check_dataframe", "check_columns", "check_level", "check_choice", "check_theta",
+    "check_nlevels", "check_nobs_vs_nre", "check_has_random", "check_lmm_structure", "predictor_columns",
+]
+
+
+def check_dataframe(data: object, name: str = "data") -> None:
+    """``data`` must be a pandas DataFrame."""
+    if not isinstance(data, pd.DataFrame):
+        raise ValueError(f"{name} must be a pandas DataFrame, got {type(data).__name__}")
+
+
+def check_columns(data: pd.DataFrame, columns: Sequence[str], name: str = "data") -> None:
+    """Every name in ``columns`` must be a column of ``data``."""
+    missing = [c for c in columns if c not in data.columns]
+    if missing:
+        raise ValueError(f"{name} is missing column(s) {', '.join(repr(c) for c in missing)} that the model needs")
+
+
+def check_level(level: float) -> None:
+    """A confidence level strictly between 0 and 1."""
+    if not isinstance(level, (int, float, np.floating)) or not 0 < float(level) < 1:
+        raise ValueError(f"level must be a number strictly between 0 and 1, got {level!r}")
+
+
+def check_choice(value: str, choices: Sequence[str], name: str) -> str:
+    """``value`` (case-insensitive) must be one of ``choices``."""
+    if not isinstance(value, str) or value.lower() not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value.lower()
+
+
+def check_theta(theta: object, ntheta: int, lower: np.ndarray, name: str = "theta") -> np.ndarray:
+    """A vector of ``ntheta`` finite numbers respecting the lower bounds."""
+    try:
+        arr = np.asarray(theta, dtype=float).ravel()
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a vector of {ntheta} numbers") from None
+    if arr.size != ntheta:
+        raise ValueError(f"{name} must have {ntheta} elements, got {arr.size}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be finite")
+    if np.any(arr < lower):
+        raise ValueError(f"{name}: diagonal elements of the relative covariance factor must be >= 0")
+    return arr
+
+
+def check_has_random(model: ModelStructure) -> None:
+    """A mixed model needs at least one random-effects term."""
+    if not model.reterms:
+        raise ValueError(
+            f"formula {model.formula!r} has no random-effects term such as (1 | group); "
+            "for a model without random effects use ordinary least squares"
+        )
+
+
+def check_nlevels(model: ModelStructure) -> None:
+    """Each grouping factor needs fewer levels than observations (lme4's checkNlevels)."""
+    for t in model.reterms:
+        if t.nlevels >= model.n:
+            raise ValueError(
+                f"grouping factor {t.group!r} has {t.nlevels} levels for {model.n} observations; "
+                "the number of levels must be smaller than the number of observations "
+                "(otherwise the random effect and the residual cannot be told apart)"
+            )
+
+
+def check_nobs_vs_nre(model: ModelStructure) -> None:
+    """More observations than random effects in each term (lme4's check.nobs.vs.nRE)."""
+    for t in model.reterms:
+        if t.q >= model.n:
+            raise ValueError(
+                f"random-effects term {t.spec} has {t.q} random effects ({t.k} per level x {t.nlevels} levels) "
+                f"for only {model.n} observations; the random-effects parameters and the residual "
+                "variance are unidentifiable"
+            )
+
+
+def check_response_varies(model: ModelStructure) -> None:
+    """A constant response leaves nothing to model."""
+    y = np.asarray(model.y)
+    if y.ndim != 1:
+        raise ValueError(f"the response {model.parsed.lhs!r} must be a single numeric column for a linear mixed model")
+    if np.ptp(y) == 0:
+        raise ValueError(f"the response {model.parsed.lhs!r} is constant")
+
+
+def check_df(model: ModelStructure) -> None:
+    """More observations than fixed effects."""
+    if model.n <= model.p:
+        raise ValueError(f"{model.n} observations are not enough for {model.p} fixed effects")
+
+
+def check_lmm_structure(model: ModelStructure) -> None:
+    """All structural checks of a linear mixed model, in lme4's order."""
+    check_has_random(model)
+    check_response_varies(model)
+    check_df(model)
+    check_nlevels(model)
+    check_nobs_vs_nre(model)
+
+
+def predictor_columns(model: ModelStructure, include_random: bool) -> list[str]:
+    """The data columns a prediction needs."""
+    import formulaic
+
+    cols = list(formulaic.Formula(model.parsed.fixed_rhs).required_variables)
+    if include_random:
+        for t in model.reterms:
+            if t.spec.lhs.strip() != "1":
+                cols += list(formulaic.Formula(t.spec.lhs).required_variables)
+            cols += list(t.spec.group_vars)
+    return list(dict.fromkeys(cols))

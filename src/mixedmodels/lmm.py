@@ -1,0 +1,821 @@
+"""Linear mixed models fitted by REML or ML, as lme4's ``lmer`` does.
+
+The fit is a pipeline of named stages, like lme4's ``lmer``:
+
+1. :func:`mixedmodels.formula.build_model` -- parse the formula, build ``y``, ``X`` and the
+   random-effects terms (lme4's ``lFormula``);
+2. :class:`LMMProblem` -- the cross-product blocks and the profiled objective as a function of
+   the relative covariance parameters ``theta`` only (lme4's ``mkLmerDevfun``);
+   :func:`deviance_function` hands this objective to the reader, like ``devFunOnly = TRUE``;
+3. :func:`optimize_theta` -- bounded minimization over ``theta`` plus a convergence check;
+4. :class:`LinearMixedModel` -- the fitted model (lme4's ``mkMerMod``).
+
+The objective (Bates, Maechler, Bolker and Walker 2015, section 3) is evaluated by a blocked
+Cholesky factorization (Bates, Alday and Kokandakar 2025; MixedModels.jl). Random-effects terms
+are ordered by decreasing number of levels. The first term's block of
+``Lambda' Z' Z Lambda + I`` is block diagonal (one ``k x k`` block per level), so its
+Cholesky factor is a stack of small factors. Everything after it -- the other terms, ``X`` and
+``y`` -- is one dense block, reached through the (sparse, for large problems) cross-product of
+the first term with the rest. The factor's last diagonal element is the penalized residual sum
+of squares; the log-determinants are sums of logs of diagonal elements. No ``n x q`` matrix is
+ever formed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import scipy.linalg as sla
+import scipy.sparse as sp
+from scipy import optimize, stats
+
+from . import _validate
+from .formula import ModelStructure, ReTerm, build_model
+from .results import OptSummary, check_convergence, theta_lower_bounds
+from .summary import ModelSummary, random_effects_table, residual_quantiles
+
+__all__ = ["lmer", "LinearMixedModel", "LMMProblem", "deviance_function", "optimize_theta"]
+
+_LOG2PI = float(np.log(2 * np.pi))
+
+try:  # optional: threadpoolctl is present wherever scikit-learn is
+    from threadpoolctl import ThreadpoolController
+
+    _THREADPOOLS = ThreadpoolController()
+except Exception:  # pragma: no cover - the fit works without it, only slower under load
+    _THREADPOOLS = None
+
+
+def single_thread_blas():
+    """Context manager limiting BLAS to one thread while fitting, if threadpoolctl is installed.
+
+    Our matrices are small or moderate (the dense block is at most a few thousand wide), so a
+    multithreaded BLAS gains little and, on a busy 2-core machine, threads that wait for each
+    other can make a 1,000 x 1,000 Cholesky factorization 50 times slower.
+    """
+    if _THREADPOOLS is None:
+        return contextlib.nullcontext()
+    return _THREADPOOLS.limit(limits=1, user_api="blas")
+
+
+def _tril_index(k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column indices of a k x k lower triangle in lme4's (column-wise) theta order."""
+    rows, cols = [], []
+    for j in range(k):
+        for i in range(j, k):
+            rows.append(i)
+            cols.append(j)
+    return np.array(rows), np.array(cols)
+
+
+def _term_sparse(term: ReTerm, n: int) -> sp.csr_matrix:
+    """The term's n x (k * nlevels) indicator-times-columns matrix, level-major columns."""
+    k = term.k
+    indptr = np.arange(0, n * k + 1, k)
+    indices = (term.codes[:, None] * k + np.arange(k)[None, :]).ravel()
+    return sp.csr_matrix((term.Z.ravel(), indices, indptr), shape=(n, term.q))
+
+
+@dataclass
+class DevianceComponents:
+    """Named pieces of the objective at one theta (lme4 keeps the same ones).
+
+    Attributes
+    ----------
+    ldL2 : float
+        ``log det(Lambda' Z' Z Lambda + I)``.
+    ldRX2 : float
+        ``log det(R_X' R_X)`` (the REML correction).
+    pwrss : float
+        Penalized weighted residual sum of squares ``||y - X beta - Z b||^2 + ||u||^2``.
+    deviance : float
+        Profiled ML deviance ``-2 log L``.
+    reml : float
+        Profiled REML criterion.
+    """
+
+    ldL2: float
+    ldRX2: float
+    pwrss: float
+    deviance: float
+    reml: float
+
+
+class LMMProblem:
+    """The profiled objective of a linear mixed model as a function of theta.
+
+    Parameters
+    ----------
+    model : ModelStructure
+        From :func:`mixedmodels.formula.build_model`.
+    reml : bool
+        Minimize the REML criterion (True) or the ML deviance.
+
+    Notes
+    -----
+    Call the instance with a theta vector to get the objective; :meth:`solve` returns the
+    estimates at a theta. ``theta`` is stored term by term, each term's lower-triangular
+    relative covariance factor column-wise (lme4's order).
+    """
+
+    def __init__(self, model: ModelStructure, reml: bool = True, sparse_threshold: int = 200_000):
+        self.model = model
+        self.reml = bool(reml)
+        self.terms = model.reterms
+        self.n, self.p = model.X.shape
+        X, y = model.X, np.asarray(model.y, dtype=float)
+        t1 = self.terms[0]
+        self.k1, self.l1 = t1.k, t1.nlevels
+        rest = self.terms[1:]
+        self.qrest = sum(t.q for t in rest)
+        self.r = self.qrest + self.p + 1  # columns of the dense block: other terms, X, y
+        self._tril = [_tril_index(t.k) for t in self.terms]
+        self.ntheta = sum(t.ntheta for t in self.terms)
+        self.lower = theta_lower_bounds([t.k for t in self.terms])
+        self.theta0 = np.where(np.isfinite(self.lower), 1.0, 0.0)
+
+        # First term's diagonal block: one k1 x k1 cross-product per level.
+        Z1 = t1.Z
+        A11 = np.zeros((self.l1, self.k1, self.k1))
+        np.add.at(A11, t1.codes, Z1[:, :, None] * Z1[:, None, :])
+        self.A11 = A11
+
+        # Cross-products of the first term with [Z_rest, X, y], and of the rest with itself.
+        XY = np.column_stack([X, y])
+        self.sparse = bool(rest) and self.l1 * self.k1 * self.r > sparse_threshold
+        Z1s = _term_sparse(t1, self.n)
+        if rest:
+            Zrest = sp.hstack([_term_sparse(t, self.n) for t in rest], format="csc")
+            R = sp.hstack([Zrest, sp.csc_matrix(XY)], format="csc")
+            A1R = (Z1s.T @ R).tocsr()
+            ZrZr = (Zrest.T @ Zrest).toarray()
+            ZrXY = np.asarray(Zrest.T @ XY)
+            self.ARR = np.block([[ZrZr, ZrXY], [ZrXY.T, XY.T @ XY]])
+        else:
+            A1R = sp.csr_matrix(Z1s.T @ XY)
+            self.ARR = XY.T @ XY
+        if self.sparse:
+            A1R = A1R.tocsr()
+            A1R.sort_indices()
+            self.A1R = A1R
+            self._A1R_rows = np.repeat(np.arange(A1R.shape[0]), np.diff(A1R.indptr))
+            self._build_update_map(A1R)
+        else:
+            self.A1R = np.asarray(A1R.toarray()).reshape(self.l1, self.k1, self.r)
+        # Segments of the dense block that belong to each remaining term.
+        self._segments = []
+        start = 0
+        for t in rest:
+            self._segments.append((start, start + t.q, t.k))
+            start += t.q
+        self._all_scalar_rest = all(t.k == 1 for t in rest)
+        self.evaluations = 0
+        self.history: list[tuple[np.ndarray, float]] = []
+        self.record_history = False
+
+    def _build_update_map(self, A: sp.csr_matrix) -> None:
+        """Precompute the fixed sparsity of ``A1R' B' B A1R`` (B = blockdiag(L11^{-1} T1')).
+
+        ``B' B`` is block diagonal with one ``k1 x k1`` block ``W_g`` per level, so the lower
+        triangle of the product is ``P @ vec(W)`` for a sparse ``P`` that does not depend on
+        theta: each evaluation is then one sparse matrix-vector product instead of a sparse
+        matrix-matrix product.
+        """
+        k1, l1 = self.k1, self.l1
+        indptr, indices, data = A.indptr, A.indices, A.data
+        counts = np.diff(indptr)
+        rows_p, cols_p, vals, widx = [], [], [], []
+        for i in range(k1):
+            for j in range(k1):
+                r1 = np.arange(l1) * k1 + i
+                r2 = np.arange(l1) * k1 + j
+                c1, c2 = counts[r1], counts[r2]
+                m = c1 * c2
+                total = int(m.sum())
+                gid = np.repeat(np.arange(l1), m)
+                start = np.repeat(np.cumsum(m) - m, m)
+                pos = np.arange(total) - start
+                a, b = np.divmod(pos, c2[gid])
+                e1 = indptr[r1][gid] + a
+                e2 = indptr[r2][gid] + b
+                cc1, cc2 = indices[e1], indices[e2]
+                keep = cc1 >= cc2
+                rows_p.append(cc1[keep])
+                cols_p.append(cc2[keep])
+                vals.append(data[e1[keep]] * data[e2[keep]])
+                widx.append(gid[keep] * k1 * k1 + i * k1 + j)
+        rr = np.concatenate(rows_p)
+        cc = np.concatenate(cols_p)
+        flat = rr.astype(np.int64) * self.r + cc
+        pattern, pidx = np.unique(flat, return_inverse=True)
+        self._upd_rows, self._upd_cols = np.divmod(pattern, self.r)
+        self._upd_P = sp.csr_matrix((np.concatenate(vals), (pidx.ravel(), np.concatenate(widx))),
+                                    shape=(len(pattern), l1 * k1 * k1))
+
+    def _sparse_update(self, W: np.ndarray) -> np.ndarray:
+        """Dense ``A1R' blockdiag(W) A1R`` (r x r) from the precomputed map."""
+        vals = self._upd_P @ W.ravel()
+        M = np.zeros((self.r, self.r))
+        M[self._upd_rows, self._upd_cols] = vals
+        M[self._upd_cols, self._upd_rows] = vals
+        return M
+
+    # ---- theta <-> Lambda ------------------------------------------------------------
+
+    def split_theta(self, theta: np.ndarray) -> list[np.ndarray]:
+        """The lower-triangular relative covariance factor T of each term."""
+        theta = np.asarray(theta, dtype=float)
+        out, pos = [], 0
+        for t, (ri, ci) in zip(self.terms, self._tril):
+            T = np.zeros((t.k, t.k))
+            T[ri, ci] = theta[pos:pos + len(ri)]
+            pos += len(ri)
+            out.append(T)
+        return out
+
+    def _lambda_rest_dense(self, M: np.ndarray, Ts: list[np.ndarray], side: str) -> np.ndarray:
+        """M @ Lambda_R (side='right', M has r columns) on the dense block."""
+        M = M.copy()
+        for (s, e, k), T in zip(self._segments, Ts[1:]):
+            if k == 1:
+                M[:, s:e] *= T[0, 0]
+            else:
+                blk = M[:, s:e].reshape(M.shape[0], -1, k)
+                M[:, s:e] = (blk @ T).reshape(M.shape[0], -1)
+        return M
+
+    def _lambda_rest_sparse(self, Ts: list[np.ndarray]) -> sp.csr_matrix:
+        """Lambda_R as a sparse block-diagonal r x r matrix (identity on X and y)."""
+        blocks = []
+        for (s, e, k), T in zip(self._segments, Ts[1:]):
+            blocks.append(sp.kron(sp.identity((e - s) // k, format="csr"), sp.csr_matrix(T), format="csr"))
+        blocks.append(sp.identity(self.p + 1, format="csr"))
+        return sp.block_diag(blocks, format="csr")
+
+    # ---- the blocked Cholesky factorization -------------------------------------------
+
+    def _sparse_U(self, L11: np.ndarray, T1: np.ndarray, Ts: list[np.ndarray]) -> sp.csr_matrix:
+        if self.k1 == 1:
+            U = self.A1R.copy()
+            U.data *= (T1[0, 0] / L11[:, 0, 0])[self._A1R_rows]
+        else:
+            B = np.linalg.solve(L11, np.broadcast_to(T1.T, L11.shape))
+            Bs = sp.bsr_matrix((B, np.arange(self.l1), np.arange(self.l1 + 1)),
+                               shape=(self.l1 * self.k1, self.l1 * self.k1))
+            U = (Bs @ self.A1R).tocsr()
+        return (U @ self._lambda_rest_sparse(Ts)).tocsr()
+
+    def factor(self, theta: np.ndarray, need_U: bool = True):
+        """Blocked Cholesky factor at theta.
+
+        Returns
+        -------
+        L11 : ndarray (l1, k1, k1)
+            Lower Cholesky factors of the first term's diagonal blocks.
+        U : ndarray (l1, k1, r) or sparse (l1*k1, r)
+            ``L11^{-1} T1' A_{1R} Lambda_R`` -- the transpose of the factor's off-diagonal block.
+        LRR : ndarray (r, r)
+            Lower Cholesky factor of the Schur complement of the dense block.
+
+        Raises
+        ------
+        numpy.linalg.LinAlgError
+            If the dense block is not positive definite.
+        """
+        Ts = self.split_theta(theta)
+        T1 = Ts[0]
+        M = np.einsum("ji,gjk,kl->gil", T1, self.A11, T1) if self.k1 > 1 else self.A11 * T1[0, 0] ** 2
+        M = M + np.eye(self.k1)
+        if self.k1 == 1:
+            L11 = np.sqrt(M)
+        else:
+            L11 = np.linalg.cholesky(M)
+        # Dense block: Lambda_R' A_RR Lambda_R + I on the random part.
+        if self._all_scalar_rest:
+            lam = np.ones(self.r)
+            for (s, e, _), T in zip(self._segments, Ts[1:]):
+                lam[s:e] = T[0, 0]
+            S = self.ARR * lam[:, None] * lam[None, :]
+        else:
+            S = self._lambda_rest_dense(self._lambda_rest_dense(self.ARR, Ts, "right").T, Ts, "right").T
+        S[np.arange(self.qrest), np.arange(self.qrest)] += 1.0
+        if self.sparse:
+            # B' B with B = L11^{-1} T1' per level: W_g = T1 M_g^{-1} T1'.
+            if self.k1 == 1:
+                W = (T1[0, 0] ** 2 / M[:, 0, 0])[:, None, None]
+            else:
+                W = np.einsum("ij,gjk,lk->gil", T1, np.linalg.inv(M), T1)
+            UtU = self._sparse_update(W)
+            if self._all_scalar_rest:
+                UtU *= lam[:, None]
+                UtU *= lam[None, :]
+            else:
+                UtU = self._lambda_rest_dense(self._lambda_rest_dense(UtU, Ts, "right").T, Ts, "right").T
+            S -= UtU
+            U = self._sparse_U(L11, T1, Ts) if need_U else None
+        else:
+            if self.k1 == 1:
+                U = self.A1R * (T1[0, 0] / L11)
+            else:
+                U = np.linalg.solve(L11, np.einsum("ji,gjr->gir", T1, self.A1R))
+            U2 = U.reshape(self.l1 * self.k1, self.r)
+            if self._all_scalar_rest:
+                U2 = U2 * lam[None, :]
+            else:
+                U2 = self._lambda_rest_dense(U2, Ts, "right")
+            U = U2.reshape(self.l1, self.k1, self.r)
+            S -= U2.T @ U2
+        LRR = sla.cholesky(S, lower=True, check_finite=False)
+        return L11, U, LRR
+
+    def components(self, theta: np.ndarray) -> DevianceComponents:
+        """The named pieces of the objective at theta."""
+        L11, _, LRR = self.factor(theta, need_U=False)
+        diag = np.diagonal(LRR)
+        q = self.qrest
+        ldL2 = 2.0 * np.sum(np.log(np.diagonal(L11, axis1=1, axis2=2))) + 2.0 * np.sum(np.log(diag[:q]))
+        ldRX2 = 2.0 * np.sum(np.log(diag[q:q + self.p]))
+        pwrss = diag[-1] ** 2
+        n, p = self.n, self.p
+        dev = ldL2 + n * (1.0 + _LOG2PI + np.log(pwrss / n))
+        reml = ldL2 + ldRX2 + (n - p) * (1.0 + _LOG2PI + np.log(pwrss / (n - p)))
+        return DevianceComponents(ldL2=float(ldL2), ldRX2=float(ldRX2), pwrss=float(pwrss),
+                                  deviance=float(dev), reml=float(reml))
+
+    def __call__(self, theta: np.ndarray) -> float:
+        """The objective (REML criterion or ML deviance) at theta; +inf where undefined."""
+        self.evaluations += 1
+        try:
+            c = self.components(theta)
+            val = c.reml if self.reml else c.deviance
+        except np.linalg.LinAlgError:
+            val = np.inf
+        if not np.isfinite(val):
+            val = np.inf
+        if self.record_history:
+            self.history.append((np.array(theta, dtype=float), val))
+        return val
+
+    # ---- estimates at theta -----------------------------------------------------------
+
+    def solve(self, theta: np.ndarray) -> dict:
+        """Fixed effects, spherical and scaled random effects and pieces of the factor at theta."""
+        L11, U, LRR = self.factor(theta)
+        q, p = self.qrest, self.p
+        Lr = LRR[:-1, :-1]
+        c = LRR[-1, :-1]
+        v = sla.solve_triangular(Lr, c, lower=True, trans="T")
+        beta = v[q:]
+        u_rest = v[:q]
+        if self.sparse:
+            rhs1 = np.asarray(U[:, -1].toarray()).ravel() - U[:, :-1] @ v
+            rhs1 = rhs1.reshape(self.l1, self.k1)
+        else:
+            U2 = U.reshape(self.l1 * self.k1, self.r)
+            rhs1 = (U2[:, -1] - U2[:, :-1] @ v).reshape(self.l1, self.k1)
+        # L11' u1 = rhs1, one small triangular system per level.
+        u1 = np.linalg.solve(np.transpose(L11, (0, 2, 1)), rhs1[:, :, None])[:, :, 0]
+        Ts = self.split_theta(theta)
+        us = [u1]
+        for (s, e, k) in self._segments:
+            us.append(u_rest[s:e].reshape(-1, k))
+        bs = [u @ T.T for u, T in zip(us, Ts)]
+        comps = self.components(theta)
+        return {"beta": beta, "u": us, "b": bs, "L11": L11, "U": U, "LRR": LRR, "T": Ts, "components": comps}
+
+    def conditional_variances(self, sol: dict) -> list[np.ndarray]:
+        """Diagonal blocks of ``Lambda (L L')^{-1} Lambda'`` per term and level (times sigma^2
+        they are lme4's ``condVar``): a list of (nlevels, k, k) arrays."""
+        L11, U, LRR, Ts = sol["L11"], sol["U"], sol["LRR"], sol["T"]
+        q = self.qrest
+        L11inv = np.linalg.inv(L11)
+        V1 = np.einsum("gji,gjk->gik", L11inv, L11inv)  # L11^{-T} L11^{-1}
+        out = []
+        if q:
+            L22 = LRR[:q, :q]
+            if self.sparse:
+                L21T = np.asarray(U[:, :q].toarray())
+            else:
+                L21T = U.reshape(self.l1 * self.k1, self.r)[:, :q]
+            W = sla.solve_triangular(L22, L21T.T, lower=True)  # q x (l1*k1)
+            W = W.reshape(q, self.l1, self.k1)
+            WtW = np.einsum("qgi,qgj->gij", W, W)
+            V1 = np.einsum("gji,gjk,gkl->gil", L11inv, np.eye(self.k1) + WtW, L11inv)
+            L22inv = sla.solve_triangular(L22, np.eye(q), lower=True)
+        T1 = Ts[0]
+        out.append(np.einsum("ij,gjk,lk->gil", T1, V1, T1))
+        for (s, e, k), T in zip(self._segments, Ts[1:]):
+            cols = L22inv[:, s:e].reshape(q, -1, k)
+            V = np.einsum("qgi,qgj->gij", cols, cols)
+            out.append(np.einsum("ij,gjk,lk->gil", T, V, T))
+        return out
+
+
+def deviance_function(formula: str, data: pd.DataFrame, reml: bool = True) -> LMMProblem:
+    """The objective of an LMM as a function of theta, without fitting (lme4's ``devFunOnly``).
+
+    Parameters
+    ----------
+    formula : str
+        lme4 formula, e.g. ``"Yield ~ 1 + (1 | Batch)"``.
+    data : DataFrame
+    reml : bool
+        REML criterion (True) or ML deviance (False).
+
+    Returns
+    -------
+    LMMProblem
+        Callable: ``f(theta) -> float``. ``f.lower`` are the bounds, ``f.theta0`` lme4's
+        starting values and ``f.components(theta)`` the named pieces.
+
+    Examples
+    --------
+    >>> f = deviance_function("Yield ~ 1 + (1 | Batch)", dyestuff)   # doctest: +SKIP
+    >>> f([0.8])                                                      # doctest: +SKIP
+    """
+    model = build_model(formula, data)
+    _validate.check_lmm_structure(model)
+    return LMMProblem(model, reml=reml)
+
+
+def optimize_theta(problem: LMMProblem, start: np.ndarray | None = None) -> OptSummary:
+    """Minimize the profiled objective over theta within its bounds.
+
+    L-BFGS-B with finite-difference gradients, tight tolerances so that the criterion agrees
+    with lme4's to better than 1e-6 relative, then the convergence check.
+    """
+    theta0 = problem.theta0 if start is None else np.asarray(start, dtype=float)
+    problem.evaluations = 0
+    problem.history = []
+    problem.record_history = True
+    t0 = time.perf_counter()
+    f0 = problem(theta0)
+    bounds = [(lo if np.isfinite(lo) else None, None) for lo in problem.lower]
+    res = optimize.minimize(problem, theta0, method="L-BFGS-B", bounds=bounds,
+                            options={"ftol": 1e-14, "gtol": 1e-9, "maxiter": 2000, "eps": 1e-7})
+    x = np.asarray(res.x)
+    # Snap tiny diagonal values onto the boundary: the objective is flat there to first order.
+    fx = problem(x)
+    xb = x.copy()
+    near = np.isfinite(problem.lower) & (x < 1e-5)
+    if near.any():
+        xb[near] = 0.0
+        fb = problem(xb)
+        if fb <= fx:
+            x, fx = xb, fb
+    evals = problem.evaluations
+    problem.record_history = False
+    seconds = time.perf_counter() - t0
+    ok, msg, mg = check_convergence(problem, x, problem.lower)
+    return OptSummary(optimizer="L-BFGS-B (scipy.optimize.minimize, finite-difference gradient)",
+                      initial=theta0, final=x, lower=problem.lower, initial_objective=f0, final_objective=fx,
+                      evaluations=evals, return_message=str(res.message), converged=ok,
+                      convergence_message=msg, max_grad=mg, history=list(problem.history), seconds=seconds)
+
+
+def _unique_names(names: list[str]) -> list[str]:
+    """R's make.unique: Subject, Subject.1, ..."""
+    seen: dict[str, int] = {}
+    out = []
+    for nm in names:
+        if nm in seen:
+            seen[nm] += 1
+            out.append(f"{nm}.{seen[nm]}")
+        else:
+            seen[nm] = 0
+            out.append(nm)
+    return out
+
+
+class LinearMixedModel:
+    """A fitted linear mixed model (the result of :func:`lmer`).
+
+    Attributes
+    ----------
+    formula : str
+    reml : bool
+    model : ModelStructure
+        Response, design matrices and random-effects terms.
+    problem : LMMProblem
+        The objective; ``problem(theta)`` evaluates it.
+    optsum : OptSummary
+        Optimizer metadata (initial/final theta, evaluations, convergence check).
+    theta : ndarray
+        Relative covariance parameters, lme4's order.
+    fixef : Series
+        Fixed-effects estimates, in design-matrix column order.
+    se : Series
+        Their standard errors.
+    vcov : DataFrame
+        Their covariance matrix.
+    sigma : float
+        Residual standard deviation.
+    loglik, aic, bic, deviance : float
+        ``deviance`` is ``-2 * loglik`` (for a REML fit, the REML criterion, as lme4 reports).
+    reml_criterion : float or None
+        None for ML fits.
+    nobs, df_resid : int
+    ngroups : dict
+        Number of levels of each grouping factor.
+    singular : bool
+        True at a boundary fit (a variance estimated as 0 or a correlation of +-1).
+    converged : bool
+    """
+
+    def __init__(self, model: ModelStructure, problem: LMMProblem, optsum: OptSummary, data_name: str | None = None):
+        self.model = model
+        self.problem = problem
+        self.optsum = optsum
+        self.formula = model.formula
+        self.reml = problem.reml
+        self.data_name = data_name
+        theta = np.asarray(optsum.final, dtype=float)
+        self.theta = theta
+        sol = problem.solve(theta)
+        self._sol = sol
+        comps: DevianceComponents = sol["components"]
+        self.components = comps
+        n, p = problem.n, problem.p
+        self.nobs = n
+        self.sigma = float(np.sqrt(comps.pwrss / (n - p if self.reml else n)))
+        xn = model.xnames
+        self.fixef = pd.Series(sol["beta"], index=xn, name="Estimate")
+        LXX = sol["LRR"][problem.qrest:problem.qrest + p, problem.qrest:problem.qrest + p]
+        Linv = sla.solve_triangular(LXX, np.eye(p), lower=True)
+        V = self.sigma**2 * (Linv.T @ Linv)
+        self.vcov = pd.DataFrame(V, index=xn, columns=xn)
+        self.se = pd.Series(np.sqrt(np.diag(V)), index=xn, name="Std. Error")
+        self.npar = p + problem.ntheta + 1
+        crit = comps.reml if self.reml else comps.deviance
+        self.reml_criterion = comps.reml if self.reml else None
+        self.deviance = float(crit)
+        self.loglik = -0.5 * float(crit)
+        self.aic = float(crit + 2 * self.npar)
+        self.bic = float(crit + self.npar * np.log(n))
+        self.df_resid = n - self.npar
+        self.ngroups = {}
+        for t in model.reterms:
+            self.ngroups.setdefault(t.group, t.nlevels)
+        self.converged = optsum.converged
+        self.singular = self._is_singular()
+        self._b = sol["b"]
+
+    # ---- variance components ------------------------------------------------------------
+
+    def _is_singular(self, tol: float = 1e-4) -> bool:
+        """lme4's isSingular: a diagonal element of a relative covariance factor near 0."""
+        diag = np.isfinite(self.problem.lower)
+        return bool(np.any(self.theta[diag] < tol))
+
+    def _covariances(self) -> list[np.ndarray]:
+        return [self.sigma**2 * (T @ T.T) for T in self.problem.split_theta(self.theta)]
+
+    def varcorr(self) -> pd.DataFrame:
+        """Variance components shaped like R's ``as.data.frame(VarCorr(fit))``.
+
+        Returns
+        -------
+        DataFrame
+            Columns group, var1, var2, vcov, sdcor. For each term: one row per variance (sdcor
+            is the SD), then one per covariance (sdcor is the correlation); then Residual.
+        """
+        rows = []
+        groups = _unique_names([t.group for t in self.model.reterms])
+        for g, t, S in zip(groups, self.model.reterms, self._covariances()):
+            sd = np.sqrt(np.diag(S))
+            for i in range(t.k):
+                rows.append((g, t.cnames[i], None, S[i, i], sd[i]))
+            for j in range(t.k):
+                for i in range(j + 1, t.k):
+                    cor = S[i, j] / (sd[i] * sd[j]) if sd[i] * sd[j] > 0 else np.nan
+                    rows.append((g, t.cnames[j], t.cnames[i], S[i, j], cor))
+        rows.append(("Residual", None, None, self.sigma**2, self.sigma))
+        return pd.DataFrame(rows, columns=["group", "var1", "var2", "vcov", "sdcor"])
+
+    # ---- random effects, fitted values ---------------------------------------------------
+
+    def ranef(self, condvar: bool = True) -> pd.DataFrame:
+        """Conditional modes of the random effects (BLUPs), long format.
+
+        Parameters
+        ----------
+        condvar : bool
+            Add ``condsd``, the conditional SD given the data at the estimated parameters
+            (lme4's ``condVar``: ``sigma^2 Lambda (L L')^{-1} Lambda'``, fixed effects held at
+            their estimates).
+
+        Returns
+        -------
+        DataFrame
+            Columns group, term, level, value (and condsd); terms of the same grouping factor
+            are listed together, as in R's ``as.data.frame(ranef(fit))``.
+        """
+        cv = self.problem.conditional_variances(self._sol) if condvar else None
+        frames_by_group: dict[str, list[pd.DataFrame]] = {}
+        for i, (t, b) in enumerate(zip(self.model.reterms, self._b)):
+            for j, cname in enumerate(t.cnames):
+                d = {"group": t.group, "term": cname, "level": t.levels, "value": b[:, j]}
+                if condvar:
+                    d["condsd"] = self.sigma * np.sqrt(np.maximum(cv[i][:, j, j], 0.0))
+                frames_by_group.setdefault(t.group, []).append(pd.DataFrame(d))
+        frames = [f for fs in frames_by_group.values() for f in fs]
+        return pd.concat(frames, ignore_index=True)
+
+    def _random_part(self, terms_codes_Z: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+        out = 0.0
+        for (codes, Z), b in zip(terms_codes_Z, self._b):
+            known = codes >= 0
+            contrib = np.zeros(len(codes))
+            contrib[known] = np.einsum("ij,ij->i", Z[known], b[codes[known]])
+            out = out + contrib
+        return out
+
+    def fitted(self) -> pd.Series:
+        """Fitted values ``X beta + Z b`` on the rows used in the fit."""
+        m = self.model
+        f = m.X @ self.fixef.to_numpy() + self._random_part([(t.codes, t.Z) for t in m.reterms])
+        return pd.Series(f, index=m.rows, name="fitted")
+
+    def residuals(self) -> pd.Series:
+        """Response minus fitted values (lme4's ``residuals(fit)``, type response)."""
+        return pd.Series(self.model.y - self.fitted().to_numpy(), index=self.model.rows, name="residuals")
+
+    def predict(self, newdata: pd.DataFrame | None = None, include_random: bool = True) -> pd.Series:
+        """Predictions for new data.
+
+        Parameters
+        ----------
+        newdata : DataFrame, optional
+            Defaults to the fitted data. Must have the columns the formula's right-hand side
+            uses (grouping columns only when ``include_random``).
+        include_random : bool
+            Add the random effects; a level not seen in the fit gets 0 (the population
+            prediction), as lme4's ``allow.new.levels = TRUE``.
+
+        Returns
+        -------
+        Series indexed like ``newdata``.
+        """
+        if newdata is None:
+            return self.fitted() if include_random else pd.Series(self.model.X @ self.fixef.to_numpy(),
+                                                                  index=self.model.rows)
+        _validate.check_dataframe(newdata, "newdata")
+        needed = _validate.predictor_columns(self.model, include_random)
+        _validate.check_columns(newdata, needed, "newdata")
+        try:
+            X = self.model.fixed_matrix(newdata)
+        except Exception as exc:
+            raise ValueError(f"could not build the fixed-effects matrix of newdata: {str(exc).splitlines()[0]}") from None
+        pred = X @ self.fixef.to_numpy()
+        if include_random:
+            pairs = []
+            for t in self.model.reterms:
+                try:
+                    Z = t.new_Z(newdata)
+                except Exception as exc:
+                    raise ValueError(f"could not build the columns of {t.spec} for newdata: "
+                                     f"{str(exc).splitlines()[0]}") from None
+                pairs.append((t.new_codes(newdata), Z))
+            pred = pred + self._random_part(pairs)
+        return pd.Series(pred, index=newdata.index, name="predicted")
+
+    # ---- intervals ---------------------------------------------------------------------
+
+    def parameter_names(self) -> list[str]:
+        """lme4's ``oldNames = FALSE`` names of the variance parameters, then sigma."""
+        names = []
+        for t in self.model.reterms:
+            ri, ci = _tril_index(t.k)
+            for i, j in zip(ri, ci):
+                if i == j:
+                    names.append(f"sd_{t.cnames[i]}|{t.group}")
+                else:
+                    names.append(f"cor_{t.cnames[i]}.{t.cnames[j]}|{t.group}")
+        return names + ["sigma"]
+
+    def confint(self, method: str = "profile", level: float = 0.95) -> pd.DataFrame:
+        """Confidence intervals, rows named as lme4's ``confint(fit, oldNames = FALSE)``.
+
+        Parameters
+        ----------
+        method : {"profile", "wald"}
+            ``"profile"``: invert the profiled likelihood (see
+            :func:`mixedmodels.profile.profile_confint`; profiles are on the ML deviance scale,
+            also for REML fits, as lme4 does). ``"wald"``: estimate +- z * SE for the fixed
+            effects; the variance parameters get NaN, as lme4 gives NA.
+        level : float
+            Coverage, strictly between 0 and 1.
+
+        Returns
+        -------
+        DataFrame with columns like ``"2.5 %"`` and ``"97.5 %"``.
+        """
+        _validate.check_level(level)
+        method = _validate.check_choice(method, ("profile", "wald"), "method")
+        cols = [f"{100 * (1 - level) / 2:.3g} %", f"{100 * (1 + level) / 2:.3g} %"]
+        if method == "wald":
+            z = stats.norm.ppf(0.5 + level / 2)
+            par = self.parameter_names()
+            lo = np.concatenate([np.full(len(par), np.nan), self.fixef - z * self.se])
+            hi = np.concatenate([np.full(len(par), np.nan), self.fixef + z * self.se])
+            return pd.DataFrame({cols[0]: lo, cols[1]: hi}, index=par + list(self.fixef.index))
+        from .profile import profile_confint
+
+        return profile_confint(self, level=level)
+
+    # ---- summary -------------------------------------------------------------------------
+
+    def summary(self) -> ModelSummary:
+        """lme4-like summary (text with ``print``, an HTML table in a notebook)."""
+        title = [
+            "Linear mixed model fit by " + ("REML" if self.reml else "maximum likelihood"),
+            f"Formula: {self.formula}",
+        ]
+        if self.data_name:
+            title.append(f"   Data: {self.data_name}")
+        if self.reml:
+            stats_ = {"REML criterion at convergence": self.reml_criterion}
+        else:
+            stats_ = {"AIC": self.aic, "BIC": self.bic, "logLik": self.loglik, "deviance": self.deviance,
+                      "df.resid": float(self.df_resid)}
+        rows = []
+        groups = _unique_names([t.group for t in self.model.reterms])
+        for g, t, S in zip(groups, self.model.reterms, self._covariances()):
+            sd = np.sqrt(np.diag(S))
+            for i in range(t.k):
+                cors = [S[i, j] / (sd[i] * sd[j]) if sd[i] * sd[j] > 0 else np.nan for j in range(i)]
+                rows.append((g, t.cnames[i], sd[i], cors))
+        re_table = random_effects_table(rows, residual_sd=self.sigma)
+        fe = pd.DataFrame({"Estimate": self.fixef, "Std. Error": self.se, "t value": self.fixef / self.se})
+        C = self.vcov.to_numpy() / np.outer(self.se, self.se)
+        notes = []
+        if self.model.dropped_columns:
+            notes.append("fixed-effect model matrix is rank deficient so dropping "
+                         f"{len(self.model.dropped_columns)} column(s): {', '.join(self.model.dropped_columns)}")
+        if self.singular:
+            notes.append("boundary (singular) fit: a variance is estimated as zero (or a correlation as +-1)")
+        if not self.converged:
+            notes.append("convergence warning: " + self.optsum.convergence_message)
+        return ModelSummary(
+            title=title, fit_statistics=stats_, random_effects=re_table, ngroups=dict(self.ngroups),
+            nobs=self.nobs, fixed_effects=fe, residuals=residual_quantiles(self.residuals().to_numpy() / self.sigma),
+            correlation=pd.DataFrame(C, index=self.fixef.index, columns=self.fixef.index), notes=notes,
+        )
+
+    def __repr__(self) -> str:
+        kind = "REML" if self.reml else "ML"
+        crit = "REML criterion" if self.reml else "deviance"
+        return (f"<LinearMixedModel {self.formula!r} fit by {kind}: {crit} {self.deviance:.4f}, "
+                f"sigma {self.sigma:.4g}, {self.nobs} obs>")
+
+    def _repr_html_(self) -> str:
+        return self.summary()._repr_html_()
+
+
+def lmer(formula: str, data: pd.DataFrame, reml: bool = True, *, start: np.ndarray | None = None) -> LinearMixedModel:
+    """Fit a linear mixed model by REML (default) or maximum likelihood.
+
+    Parameters
+    ----------
+    formula : str
+        lme4 syntax: ``"Reaction ~ Days + (Days | Subject)"``, ``"y ~ x + (1 | a) + (1 | b)"``,
+        ``"y ~ 1 + (1 | a/b)"``, ``"y ~ x + (x || g)"``...
+    data : DataFrame
+        Not modified. Rows with missing values in the used columns are dropped with a warning.
+    reml : bool
+        REML (True, lme4's default) or ML.
+    start : array, optional
+        Starting theta (default: 1 on diagonals, 0 elsewhere, as lme4).
+
+    Returns
+    -------
+    LinearMixedModel
+
+    Raises
+    ------
+    ValueError
+        For bad input: a missing column, an unreadable formula, a non-numeric response, a
+        grouping factor with one level or as many levels as observations, more random effects
+        than observations, a model without random effects.
+    """
+    if not isinstance(reml, (bool, np.bool_)):
+        raise ValueError(f"reml must be True or False, got {reml!r}")
+    model = build_model(formula, data)
+    _validate.check_lmm_structure(model)
+    with single_thread_blas():
+        problem = LMMProblem(model, reml=bool(reml))
+        if start is not None:
+            start = _validate.check_theta(start, problem.ntheta, problem.lower, "start")
+        optsum = optimize_theta(problem, start)
+        fit = LinearMixedModel(model, problem, optsum)
+    if fit.singular:
+        warnings.warn("boundary (singular) fit: a variance component is estimated as zero", UserWarning, stacklevel=2)
+    if not fit.converged:
+        warnings.warn("the model " + optsum.convergence_message, UserWarning, stacklevel=2)
+    return fit
