@@ -147,6 +147,8 @@ def test_seeded_and_shaped(army_run):
     assert len(frame) == 4 * 1500
     assert {"chain", "draw", "(Intercept)", "BowSouthwood", "sigma", "sigma_a"} <= set(frame.columns)
     assert frame.shape[1] == 6 + 40
+    text = repr(result)
+    assert "4 chains x 1500 draws" in text and "half-Cauchy" in text and len(text) < 600
 
 
 @pytest.mark.parametrize("change, argument", [

@@ -268,6 +268,12 @@ class GibbsResult:
     seed: int | None = None
     _cache: dict = field(default_factory=dict, repr=False)
 
+    def __repr__(self) -> str:
+        n_warmup = next(iter(self.warmup.values())).shape[1] if self.warmup else 0
+        priors = "; ".join(f"{k}: {v}" for k, v in self.priors.items())
+        return (f"<GibbsResult: {self.n_chains} chains x {self.n_draws} draws (after {n_warmup} warm-up), "
+                f"{len(self.groups)} groups, parameters {', '.join(self.params)}; priors {priors}>")
+
     @property
     def n_chains(self) -> int:
         return self.effects.shape[0]
