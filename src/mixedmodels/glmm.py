@@ -41,6 +41,14 @@ from .formula import ModelStructure, build_model
 from .quadrature import gauss_hermite
 from .summary import ModelSummary, random_effects_table, residual_quantiles
 
+try:  # the LMM's helper: one BLAS thread (a busy 2-core machine makes threaded BLAS crawl)
+    from .lmm import single_thread_blas
+except ImportError:  # pragma: no cover
+    import contextlib
+
+    def single_thread_blas():
+        return contextlib.nullcontext()
+
 __all__ = [
     "glmer", "glmer_frame", "make_objective", "optimize_glmer", "check_optimum",
     "GlmerFrame", "GlmerResult", "OptSummary", "QuadratureWarning", "ConvergenceWarning",
@@ -235,6 +243,10 @@ class ScalarObjective:
     def lower(self) -> np.ndarray:
         return np.concatenate([np.full(self.p, -np.inf), [0.0]])
 
+    def reset(self) -> None:
+        """Forget the warm starts (after a failed evaluation)."""
+        self._warm = [None] * len(self.chunks)
+
     def evaluate(self, params: np.ndarray, gradient: bool = True, nagq: int | None = None,
                  keep: bool = True):
         params = np.asarray(params, dtype=float)
@@ -314,6 +326,10 @@ class LaplaceObjective:
     def lower(self) -> np.ndarray:
         return np.concatenate([np.full(self.p, -np.inf), self._th_lower])
 
+    def reset(self) -> None:
+        """Forget the warm start (after a failed evaluation)."""
+        self.u = np.zeros(self.q)
+
     def ZLambda(self, theta: np.ndarray) -> sp.csr_matrix:
         out = None
         for r, D in enumerate(self.dZL):
@@ -374,7 +390,6 @@ class LaplaceObjective:
         g_theta = np.empty(self.ntheta)
         for r, D in enumerate(self.dZL):
             Du = D @ u
-            du = N @ d1 * 0.0  # placeholder shape
             du = sla.cho_solve((L, True), D.T @ d1 - ZL.T @ (W * Du))
             deta = Du + ZL @ du
             DN = np.asarray(D.multiply(N.T).sum(axis=1)).ravel()
@@ -528,6 +543,21 @@ def _hessian(obj, x: np.ndarray, free: np.ndarray | None = None) -> np.ndarray:
     return 0.5 * (H + H.T)
 
 
+def _safe_evaluate(obj, x):
+    """Evaluate, turning overflow and failed factorizations (wild trial points of a line
+    search) into a log-likelihood of -inf that the optimizer backs away from."""
+    try:
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            ll, g = obj.evaluate(x)
+    except (np.linalg.LinAlgError, FloatingPointError, ValueError):
+        obj.reset()
+        return -np.inf, None
+    if not np.isfinite(ll) or g is None or not np.all(np.isfinite(g)):
+        obj.reset()
+        return -np.inf, None
+    return ll, g
+
+
 def _newton_polish(obj, x, ll, g, free, H=None, maxsteps=10):
     """Newton steps on the free parameters, reusing one Hessian while steps keep gaining."""
     steps, fresh = 0, False
@@ -546,7 +576,7 @@ def _newton_polish(obj, x, ll, g, free, H=None, maxsteps=10):
         while t > 1e-3:
             xn = x.copy()
             xn[free] = x[free] + t * step
-            lln, gn = obj.evaluate(xn)
+            lln, gn = _safe_evaluate(obj, xn)
             if np.isfinite(lln) and lln >= ll - 1e-10 * (1.0 + abs(ll)):
                 improved = True
                 break
@@ -589,8 +619,8 @@ def optimize_glmer(obj, start: np.ndarray, fixed: dict[int, float] | None = None
         return x
 
     def f(xf):
-        ll, g = obj.evaluate(full(xf))
-        if not np.isfinite(ll):
+        ll, g = _safe_evaluate(obj, full(xf))
+        if not np.isfinite(ll) or not np.all(np.isfinite(g)):
             return 1e300, np.zeros(len(xf))
         return -ll, -g[free]
 
@@ -734,6 +764,11 @@ def glmer(formula: str, data: pd.DataFrame, family: str | Family = "binomial",
     >>> fit = mm.glmer("clicks/expos ~ display + (1 | id)", mm.load_ctr(), weights="expos",
     ...                nagq=10)                                      # doctest: +SKIP
     """
+    with single_thread_blas():
+        return _glmer(formula, data, family, weights, nagq, start)
+
+
+def _glmer(formula, data, family, weights, nagq, start):
     frame = glmer_frame(formula, data, family, weights)
     auto = isinstance(nagq, str)
     if auto and nagq != "auto":
@@ -1063,6 +1098,11 @@ class GlmerResult:
                 raise ValueError(f"unknown parameter(s) {bad}; available: {names}")
         rows = {}
         zq = norm.ppf(1 - a)
+        with single_thread_blas():
+            self._confint_rows(rows, names, index, parm, method, zq, p)
+        return pd.DataFrame.from_dict(rows, orient="index", columns=cols)
+
+    def _confint_rows(self, rows, names, index, parm, method, zq, p):
         for nm, j in zip(names, index):
             if parm is not None and nm not in parm:
                 continue
@@ -1079,7 +1119,6 @@ class GlmerResult:
                         rows[nm] = (np.nan, np.nan)  # correlations: not profiled here
                         continue
                 rows[nm] = self._profile_interval(j, zq)
-        return pd.DataFrame.from_dict(rows, orient="index", columns=cols)
 
     def _profile_interval(self, j: int, zq: float) -> tuple[float, float]:
         obj, x_hat, ll_hat = self._obj, self._params, self.loglik
