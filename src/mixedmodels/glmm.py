@@ -595,8 +595,8 @@ def _newton_polish(obj, x, ll, g, free, H=None, maxsteps=10):
     return x, ll, g, steps, H
 
 
-def optimize_glmer(obj, start: np.ndarray, fixed: dict[int, float] | None = None
-                   ) -> OptSummary:
+def optimize_glmer(obj, start: np.ndarray, fixed: dict[int, float] | None = None,
+                   hessian: np.ndarray | None = None) -> OptSummary:
     """Stage 3: maximize the log-likelihood from ``start``.
 
     BFGS on the analytic gradient, then Newton steps on a finite-difference Hessian of that
@@ -604,7 +604,8 @@ def optimize_glmer(obj, start: np.ndarray, fixed: dict[int, float] | None = None
     column of a covariance factor only up to its sign (``b`` and ``-b`` have the same
     distribution), so a standard deviation may wander below zero and is reported as its
     absolute value (:func:`_normalize`). ``fixed`` holds parameters at given values
-    (profiling).
+    (profiling). With ``hessian`` (the negative Hessian at a nearby optimum, e.g. the previous
+    rule's in ``nagq="auto"``) the quasi-Newton phase is skipped.
     """
     fixed = fixed or {}
     free = np.array([j for j in range(obj.nparams) if j not in fixed], dtype=int)
@@ -624,15 +625,21 @@ def optimize_glmer(obj, start: np.ndarray, fixed: dict[int, float] | None = None
             return 1e300, np.zeros(len(xf))
         return -ll, -g[free]
 
-    res = sopt.minimize(f, x0[free], jac=True, method="BFGS",
-                        options={"maxiter": 1000, "gtol": 1e-4})
-    x = full(res.x)
-    ll, g = obj.evaluate(x)
-    x, ll, g, steps, H = _newton_polish(obj, x, ll, g, free)
+    if hessian is not None:
+        x, message = x0, "Newton from a nearby optimum"
+        ll, g = _safe_evaluate(obj, x)
+        H0 = hessian[np.ix_(free, free)]
+    else:
+        res = sopt.minimize(f, x0[free], jac=True, method="BFGS",
+                            options={"maxiter": 1000, "gtol": 1e-4})
+        x, message, H0 = full(res.x), str(res.message), None
+        ll, g = _safe_evaluate(obj, x)
+    if g is None:  # the start itself failed to evaluate
+        raise FloatingPointError("the log-likelihood could not be evaluated at the start")
+    x, ll, g, steps, H = _newton_polish(obj, x, ll, g, free, H=H0)
     opt = OptSummary(initial=np.asarray(start, dtype=float), final=x, loglik=ll,
                      optimizer="BFGS + Newton", nevals=obj.nevals - n0, newton_steps=steps,
-                     message=str(res.message), gradient=g)
-    opt._H_free = H
+                     message=message, gradient=g)
     return opt
 
 
@@ -699,14 +706,19 @@ def _normalize(obj, x: np.ndarray) -> np.ndarray:
 # =========================================================================================
 
 
-def _fit_at(frame, nagq, start=None, obj=None):
+def _fit_at(frame, nagq, start=None, obj=None, hessian=None):
     if obj is None:
         obj = make_objective(frame, nagq)
     else:
         obj.nagq = nagq
     if start is None:
         start = _default_start(frame, obj)
-    opt = optimize_glmer(obj, start)
+    try:
+        opt = optimize_glmer(obj, start, hessian=hessian)
+    except FloatingPointError:
+        if hessian is None:
+            raise
+        opt = optimize_glmer(obj, start)
     # A second start guards against a false optimum: restart from the GLM when the first
     # answer fails its check.
     opt = check_optimum(obj, opt)
@@ -788,7 +800,7 @@ def _glmer(formula, data, family, weights, nagq, start):
         obj, prev, quad_converged = None, None, False
         st = start
         for k in AUTO_LADDER:
-            obj, opt = _fit_at(frame, k, st, obj)
+            obj, opt = _fit_at(frame, k, st, obj, None if prev is None else prev.hessian)
             history.append((k, opt.loglik, opt.final.copy()))
             if prev is not None:
                 dll = abs(opt.loglik - prev.loglik)
@@ -1212,8 +1224,9 @@ class GlmerResult:
         notes = list(self.notes)
         if self.loglik_check is not None:
             k, llc = self.loglik_check
-            notes.append(f"logLik is the exact marginal log-likelihood (all constants) by this "
-                         f"rule; with {k} points at the same estimates: {llc:.3f}")
+            rule = "the Laplace approximation" if self.nagq == 1 else f"{self.nagq}-point quadrature"
+            notes.append(f"logLik: the marginal log-likelihood with all constants, by {rule}; "
+                         f"with {k} points at the same estimates it is {llc:.3f}")
         return ModelSummary(title=title, fit_statistics=stats, random_effects=re_tab,
                             ngroups=self.ngroups, nobs=self.nobs, fixed_effects=fe,
                             residuals=residual_quantiles(self.pearson_residuals()),
