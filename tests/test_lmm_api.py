@@ -1,0 +1,95 @@
+"""The fitted-model API beyond the lme4 numbers: predictions, the objective, metadata, summary."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import mixedmodels.lmm as lmm
+from test_lmm_reference import load_reference
+
+
+@pytest.fixture(scope="module")
+def sleep_fit():
+    ref, df = load_reference("sleepstudy_slopes")
+    return ref, df, lmm.lmer(ref["formula"], df)
+
+
+def test_predict_known_and_new_levels(sleep_fit):
+    _, df, fit = sleep_fit
+    new = pd.DataFrame({"Days": [0, 3, 3], "Subject": ["308", "308", "new subject"]}, index=[10, 11, 12])
+    pred = fit.predict(new)
+    assert list(pred.index) == [10, 11, 12]
+    re_ = fit.ranef().set_index(["term", "level"])["value"]
+    b0, b1 = re_[("(Intercept)", "308")], re_[("Days", "308")]
+    beta = fit.fixef
+    np.testing.assert_allclose(pred[10], beta["(Intercept)"] + b0)
+    np.testing.assert_allclose(pred[11], beta["(Intercept)"] + b0 + 3 * (beta["Days"] + b1))
+    # a level not seen in the fit gets the population prediction
+    np.testing.assert_allclose(pred[12], beta["(Intercept)"] + 3 * beta["Days"])
+    pop = fit.predict(new[["Days"]], include_random=False)
+    np.testing.assert_allclose(pop.to_numpy(), beta["(Intercept)"] + new["Days"] * beta["Days"])
+    # predicting the fitted data reproduces fitted()
+    np.testing.assert_allclose(fit.predict(df).to_numpy(), fit.fitted().to_numpy())
+
+
+def test_deviance_function_is_the_objective(sleep_fit):
+    ref, df, fit = sleep_fit
+    f = lmm.deviance_function(ref["formula"], df, reml=True)
+    np.testing.assert_allclose(f(fit.theta), ref["reml_criterion"], rtol=1e-9)
+    assert f(fit.theta) <= f(fit.theta * 1.01)
+    comps = f.components(fit.theta)
+    np.testing.assert_allclose(comps.reml, f(fit.theta))
+    np.testing.assert_allclose(fit.sigma**2, comps.pwrss / (fit.nobs - 2))
+    assert list(f.lower) == [0.0, -np.inf, 0.0]
+
+
+def test_optimizer_metadata(sleep_fit):
+    _, _, fit = sleep_fit
+    opt = fit.optsum
+    assert opt.evaluations == len(opt.history) > 5
+    np.testing.assert_allclose(opt.initial, [1.0, 0.0, 1.0])
+    np.testing.assert_allclose(opt.final, fit.theta)
+    assert opt.final_objective <= opt.initial_objective
+    assert opt.converged and "converged" in opt.convergence_message
+    assert "evaluations" in str(opt)
+
+
+def test_convergence_check_flags_a_non_optimum(sleep_fit):
+    from mixedmodels.results import check_convergence
+
+    _, _, fit = sleep_fit
+    ok, msg, _ = check_convergence(fit.problem, fit.theta * 1.3, fit.problem.lower)
+    assert not ok and "may not have converged" in msg
+
+
+def test_summary_object(sleep_fit):
+    _, _, fit = sleep_fit
+    s = fit.summary()
+    assert list(s.fixed_effects.columns) == ["Estimate", "Std. Error", "t value"]
+    np.testing.assert_allclose(s.fixed_effects["t value"], fit.fixef / fit.se)
+    np.testing.assert_allclose(s.random_effects["Std.Dev."].iloc[-1], fit.sigma)
+    assert s.random_effects["Corr"].iloc[1] != ()
+    np.testing.assert_allclose(s.residuals["Median"], np.median(fit.residuals() / fit.sigma))
+    text = str(s)
+    assert "Correlation of Fixed Effects:" in text and "Scaled residuals:" in text
+
+
+def test_ml_summary_has_information_criteria():
+    ref, df = load_reference("dyestuff_ml")
+    fit = lmm.lmer(ref["formula"], df, reml=False)
+    text = str(fit.summary())
+    assert "maximum likelihood" in text
+    for key in ("AIC", "BIC", "logLik", "deviance", "df.resid"):
+        assert key in text
+    assert f"{ref['aic']:.1f}" in text
+
+
+def test_interactions_and_categorical_fixed_effects():
+    ref, df = load_reference("sleepstudy_slopes")
+    df = df.assign(phase=np.where(df["Days"] < 5, "early", "late"))
+    fit = lmm.lmer("Reaction ~ Days * phase + (1 | Subject)", df)
+    assert list(fit.fixef.index) == ["(Intercept)", "Days", "phaselate", "Days:phaselate"]
+    no_int = lmm.lmer("Reaction ~ 0 + phase + (1 | Subject)", df)
+    assert list(no_int.fixef.index) == ["phaseearly", "phaselate"]
