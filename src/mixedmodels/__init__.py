@@ -7,6 +7,7 @@ from .gibbs import HalfT, InverseGamma, gibbs_random_intercept
 from .datasets import ClickData, load_ctr, make_click_data
 from .glmm import ConvergenceWarning, GlmerResult, QuadratureWarning, glmer
 from .simulate import simulate_archers, westeros_names
+from .lmm import LinearMixedModel, deviance_function, lmer
 
 __version__ = "0.1.0"
 
@@ -23,4 +24,7 @@ __all__ = [
     "InverseGamma",
     "simulate_archers",
     "westeros_names",
+    "lmer",
+    "LinearMixedModel",
+    "deviance_function",
 ]
