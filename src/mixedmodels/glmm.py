@@ -151,7 +151,7 @@ def _binomial_response(ms: ModelStructure, w: np.ndarray | None) -> tuple[np.nda
         m = s + f
         if not np.all(_is_whole(s) & _is_whole(f)):
             warnings.warn(f"non-integer counts in the binomial response {lhs!r} (R: 'non-integer "
-                          "counts in a binomial glm!')", UserWarning, stacklevel=4)
+                          "counts in a binomial glm!')", UserWarning, stacklevel=5)
         with np.errstate(invalid="ignore", divide="ignore"):
             y = np.where(m > 0, s / np.where(m > 0, m, 1.0), 0.0)
         return y, m
@@ -178,14 +178,33 @@ def _binomial_response(ms: ModelStructure, w: np.ndarray | None) -> tuple[np.nda
     if not np.all(_is_whole(m * y)):
         warnings.warn(f"non-integer #successes in a binomial glm! (response {lhs!r}: "
                       "weights x proportion is not a whole number in "
-                      f"{int(np.sum(~_is_whole(m * y)))} rows)", UserWarning, stacklevel=4)
+                      f"{int(np.sum(~_is_whole(m * y)))} rows)", UserWarning, stacklevel=5)
     return y, m
+
+
+def _check_zero_denominators(formula: str, data: pd.DataFrame) -> None:
+    """``clicks/expos`` with ``expos == 0`` is 0/0: say so before the formula code sees a NaN."""
+    from .formula import parse_formula
+
+    if not isinstance(data, pd.DataFrame):
+        return
+    lhs = parse_formula(formula).lhs
+    halves = [h.strip() for h in lhs.split("/")]
+    if len(halves) == 2 and all(h in data.columns for h in halves):
+        den = pd.to_numeric(data[halves[1]], errors="coerce")
+        k = int((den == 0).sum())
+        if k:
+            raise ValueError(
+                f"{k} rows have zero trials ({halves[1]} == 0), so the proportion {lhs} is 0/0 "
+                f"there; drop those rows, or write cbind({halves[0]}, {halves[1]} - {halves[0]}), "
+                "which keeps them (they carry no information)")
 
 
 def glmer_frame(formula: str, data: pd.DataFrame, family: str | Family = "binomial",
                 weights: str | np.ndarray | None = None) -> GlmerFrame:
     """Stage 1: evaluate the formula and read the response (see :func:`glmer`)."""
     fam = get_family(family)
+    _check_zero_denominators(formula, data)
     ms = build_model(formula, data)
     if not ms.reterms:
         raise ValueError(f"formula {formula!r} has no random-effects term such as (1 | g); "
@@ -203,12 +222,12 @@ def glmer_frame(formula: str, data: pd.DataFrame, family: str | Family = "binomi
         if not np.all(_is_whole(y)):
             warnings.warn(f"the Poisson response {ms.parsed.lhs!r} has non-integer counts in "
                           f"{int(np.sum(~_is_whole(y)))} rows; the log-likelihood uses "
-                          "lgamma(y + 1) for log y!", UserWarning, stacklevel=3)
+                          "lgamma(y + 1) for log y!", UserWarning, stacklevel=4)
         m = np.ones_like(y) if w is None else w
     zero = m == 0
     if np.any(zero):
         warnings.warn(f"{int(zero.sum())} rows have zero trials/weight and carry no information",
-                      UserWarning, stacklevel=3)
+                      UserWarning, stacklevel=4)
     const = fam.log_const(y, m)
     return GlmerFrame(ms, fam, y, m, const, wlabel)
 
@@ -828,21 +847,21 @@ def _glmer(formula, data, family, weights, nagq, start):
                 msg = (f"quadrature not converged by nagq={nagq} (nagq='auto' stopped at its "
                        "largest rule); " + msg)
             res.notes.append(msg)
-            warnings.warn(msg, QuadratureWarning, stacklevel=2)
+            warnings.warn(msg, QuadratureWarning, stacklevel=3)
     if not opt.converged:
         msg = f"the fit did not converge: {opt.convergence_message}"
         res.notes.append(msg)
-        warnings.warn(msg, ConvergenceWarning, stacklevel=2)
+        warnings.warn(msg, ConvergenceWarning, stacklevel=3)
     if res.singular:
         msg = "boundary (singular) fit: a random-effect variance is (near) zero; see help('isSingular')"
         res.notes.append(msg)
-        warnings.warn(msg, UserWarning, stacklevel=2)
+        warnings.warn(msg, UserWarning, stacklevel=3)
     sep = res._separation_columns()
     if sep:
         msg = (f"possible complete separation: the estimates of {', '.join(sep)} are very large "
                "with huge standard errors (a category with all 0s or all 1s?)")
         res.notes.append(msg)
-        warnings.warn(msg, ConvergenceWarning, stacklevel=2)
+        warnings.warn(msg, ConvergenceWarning, stacklevel=3)
     return res
 
 
@@ -1052,9 +1071,17 @@ class GlmerResult:
         eta = X @ self.fixef.to_numpy()
         if population_average:
             sd = np.sqrt(self._re_sd_rows(terms, Zs))
-            rule = gauss_hermite(101)
-            mu = self.family.linkinv(eta[:, None] + sd[:, None] * rule.z[None, :])
-            return mu @ rule.w
+            # Trapezoid on a fine fixed grid, not Gauss-Hermite: expit(eta + sd u) has poles
+            # pi/sd from the real axis, which slows Gauss-Hermite badly when sd is large,
+            # while the trapezoid rule's error stays ~exp(-2 pi^2 / (sd h)).
+            grid = np.linspace(-12.0, 12.0, 4001)
+            w = norm.pdf(grid) * (grid[1] - grid[0])
+            w[[0, -1]] *= 0.5
+            out = np.empty(len(eta))
+            for a in range(0, len(eta), 2000):
+                sl = slice(a, a + 2000)
+                out[sl] = self.family.linkinv(eta[sl, None] + sd[sl, None] * grid[None, :]) @ w
+            return out
         if re_form is not None:
             re = self.ranef()
             for t, c, Z in zip(terms, codes, Zs):
