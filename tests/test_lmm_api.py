@@ -93,3 +93,17 @@ def test_interactions_and_categorical_fixed_effects():
     assert list(fit.fixef.index) == ["(Intercept)", "Days", "phaselate", "Days:phaselate"]
     no_int = lmm.lmer("Reaction ~ 0 + phase + (1 | Subject)", df)
     assert list(no_int.fixef.index) == ["phaseearly", "phaselate"]
+
+
+@pytest.mark.parametrize("name", ["sleepstudy_slopes", "penicillin_crossed"])
+def test_both_optimizers_reach_lme4s_optimum(name):
+    # COBYQA is used for large problems; check it on references where lme4's answer is known.
+    from mixedmodels.formula import build_model
+
+    ref, df = load_reference(name)
+    for method in ("L-BFGS-B", "COBYQA"):
+        problem = lmm.LMMProblem(build_model(ref["formula"], df), reml=True, sparse_threshold=0)
+        opt = lmm.optimize_theta(problem, method=method)
+        np.testing.assert_allclose(opt.final_objective, ref["reml_criterion"], rtol=1e-8)
+        np.testing.assert_allclose(opt.final, ref["theta"], rtol=1e-4)
+        assert opt.converged

@@ -111,33 +111,40 @@ def check_convergence(
     f0 = fun(x)
     at_bound = np.isfinite(lower) & (x - lower < boundary_tol)
     grad = np.zeros(m)
+    fp = np.zeros(m)
+    fm = np.full(m, np.nan)
     for i in range(m):
         e = np.zeros(m)
         e[i] = h[i]
+        fp[i] = fun(x + e)
         if at_bound[i]:
             # One-sided difference: the objective is not defined below the bound.
-            grad[i] = (fun(x + e) - f0) / h[i]
+            grad[i] = (fp[i] - f0) / h[i]
         else:
-            grad[i] = (fun(x + e) - fun(x - e)) / (2 * h[i])
+            fm[i] = fun(x - e)
+            grad[i] = (fp[i] - fm[i]) / (2 * h[i])
     free = ~(at_bound & (grad >= 0))
     if not np.any(free):
         return True, "converged at the boundary: every parameter at its bound has a gradient pointing outward", 0.0
     idx = np.flatnonzero(free)
+    # f(x + h_i e_i) from the gradient step is reused, so the Hessian costs one evaluation per
+    # pair: H_ij ~ (f(x + e_i + e_j) - f(x + e_i) - f(x + e_j) + f(x)) / (h_i h_j).
+    f_plus = {i: fp[i] for i in idx}
     H = np.zeros((len(idx), len(idx)))
     for a, i in enumerate(idx):
-        for b, j in enumerate(idx):
-            if b < a:
-                continue
-            ei = np.zeros(m)
+        ei = np.zeros(m)
+        ei[i] = h[i]
+        if at_bound[i]:
+            e2 = ei.copy()
+            e2[i] = 2 * h[i]
+            H[a, a] = (fun(x + e2) - 2 * f_plus[i] + f0) / h[i] ** 2
+        else:
+            H[a, a] = (f_plus[i] - 2 * f0 + fm[i]) / h[i] ** 2
+        for b in range(a + 1, len(idx)):
+            j = idx[b]
             ej = np.zeros(m)
-            ei[i] = h[i]
             ej[j] = h[j]
-            if i == j:
-                H[a, a] = (fun(x + ei) - 2 * f0 + fun(x - ei)) / h[i] ** 2
-            else:
-                H[a, b] = H[b, a] = (
-                    fun(x + ei + ej) - fun(x + ei - ej) - fun(x - ei + ej) + fun(x - ei - ej)
-                ) / (4 * h[i] * h[j])
+            H[a, b] = H[b, a] = (fun(x + ei + ej) - f_plus[i] - f_plus[j] + f0) / (h[i] * h[j])
     g = grad[idx]
     try:
         np.linalg.cholesky(H)
