@@ -24,7 +24,7 @@ lets the optimizer land on the same optimum as lme4 when the rule is coarse.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -130,6 +130,9 @@ class ChunkResult:
         Per-group log-likelihoods.
     newton_iters : int
         Largest number of Newton iterations any group needed.
+    opg : ndarray (p + 1, p + 1) or None
+        Sum over groups of the outer products of the groups' score vectors (BHHH's
+        approximation of the information), when asked for.
     """
 
     loglik: float
@@ -138,15 +141,16 @@ class ChunkResult:
     h: np.ndarray
     loglik_groups: np.ndarray
     newton_iters: int = 0
-    extra: dict = field(default_factory=dict)
+    opg: np.ndarray | None = None
 
     def __add__(self, other: "ChunkResult") -> "ChunkResult":
         grad = None if self.grad is None or other.grad is None else self.grad + other.grad
+        opg = None if self.opg is None or other.opg is None else self.opg + other.opg
         return ChunkResult(self.loglik + other.loglik, grad,
                            np.concatenate([self.u_hat, other.u_hat]),
                            np.concatenate([self.h, other.h]),
                            np.concatenate([self.loglik_groups, other.loglik_groups]),
-                           max(self.newton_iters, other.newton_iters))
+                           max(self.newton_iters, other.newton_iters), opg)
 
 
 def _segment_sum(a: np.ndarray, starts: np.ndarray) -> np.ndarray:
@@ -185,7 +189,10 @@ def conditional_modes(eta_fixed: np.ndarray, sigma: float, chunk: GroupChunk, fa
         lo = np.where(pos, np.maximum(lo, u), lo)
         hi = np.where(pos, hi, np.minimum(hi, u))
         u_new = u - grad / hess
-        outside = ~((u_new > lo) & (u_new < hi))
+        # Bisect only where Newton jumps out of the bracket by more than rounding (at the
+        # mode itself the bracket collapses onto u, and a 1e-16 overshoot is no reason).
+        slack = tol * (1.0 + np.abs(u))
+        outside = ~((u_new > lo) & (u_new < hi)) & (np.abs(u_new - u) > slack)
         if np.any(outside):
             both = np.isfinite(lo) & np.isfinite(hi)
             u_new = np.where(outside & both, 0.5 * (lo + hi), u_new)
@@ -197,7 +204,8 @@ def conditional_modes(eta_fixed: np.ndarray, sigma: float, chunk: GroupChunk, fa
 
 
 def agq_chunk(beta: np.ndarray, sigma: float, chunk: GroupChunk, family: Family, nagq: int,
-              u0: np.ndarray | None = None, gradient: bool = True) -> ChunkResult:
+              u0: np.ndarray | None = None, gradient: bool = True, opg: bool = False
+              ) -> ChunkResult:
     """Log marginal likelihood (and gradient) of a chunk of whole groups.
 
     A pure function of ``(beta, sigma)`` and the chunk (``u0`` only warm-starts the
@@ -219,6 +227,8 @@ def agq_chunk(beta: np.ndarray, sigma: float, chunk: GroupChunk, family: Family,
         Starting values of the conditional modes.
     gradient : bool
         Also return the gradient in ``(beta, sigma)``.
+    opg : bool
+        Also return the sum of outer products of the per-group scores (needs ``gradient``).
 
     Returns
     -------
@@ -274,6 +284,11 @@ def agq_chunk(beta: np.ndarray, sigma: float, chunk: GroupChunk, family: Family,
     E_sigma = np.sum(pi * zd1_k * uk, axis=1)
     du_dsigma = (T1 + sigma * u_hat * T2) / h
     D_sigma = 2.0 * sigma * T2 + sigma ** 2 * u_hat * T3 + sigma ** 3 * T3 * du_dsigma
-    g_sigma = float(np.sum(E_sigma + A * du_dsigma + C * D_sigma))
+    s_sigma = E_sigma + A * du_dsigma + C * D_sigma
+    g_sigma = float(np.sum(s_sigma))
     grad = np.concatenate([g_beta, [g_sigma]])
-    return ChunkResult(loglik, grad, u_hat, h, ll_groups, iters)
+    outer = None
+    if opg:
+        S = np.column_stack([_segment_sum(X * r[:, None], st), s_sigma])
+        outer = S.T @ S
+    return ChunkResult(loglik, grad, u_hat, h, ll_groups, iters, outer)
