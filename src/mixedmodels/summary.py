@@ -203,7 +203,7 @@ class ModelSummary:
             if c.startswith("Pr("):
                 formatted[c] = [format_pvalue(v) for v in fe[c]]
             else:
-                formatted[c] = [f"{v:.3f}" if abs(v) < 10 else f"{v:.2f}" for v in fe[c]]
+                formatted[c] = [f"{v:.2f}" if np.isfinite(v) else "NA" for v in fe[c]]
         rows = [[str(name)] + [formatted[c][i] for c in fe.columns] for i, name in enumerate(fe.index)]
         return [""] + list(fe.columns), rows
 
@@ -231,7 +231,7 @@ class ModelSummary:
         lines.append("Random effects:")
         header, rows = self._random_rows()
         lines += [" " + ln for ln in _text_table(header, rows, [True, True, False, False] + [False] * (len(header) - 4))]
-        groups = ", ".join(f"{g}, {n}" for g, n in self.ngroups.items())
+        groups = "; ".join(f"{g}, {n}" for g, n in self.ngroups.items())
         lines.append(f"Number of obs: {self.nobs}, groups:  {groups}")
         lines.append("")
         lines.append("Fixed effects:")
