@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 
 from .families import Family
 from .quadrature import gauss_hermite
@@ -61,10 +62,18 @@ class GroupChunk:
     const: np.ndarray
     starts: np.ndarray
     gidx: np.ndarray
+    indicator: sp.csr_matrix | None = None
 
     @property
     def ngroups(self) -> int:
         return len(self.starts)
+
+    def group_sum(self, a: np.ndarray) -> np.ndarray:
+        """Sum rows of ``a`` (n,) or (n, K) within groups."""
+        if self.indicator is not None:
+            # A sparse indicator product is ~9x faster than np.add.reduceat on 2-D arrays.
+            return self.indicator @ a
+        return np.add.reduceat(a, self.starts, axis=0)
 
 
 def make_chunks(X, y, m, z, offset, const, group_codes, ngroups, max_rows=400_000
@@ -106,9 +115,12 @@ def make_chunks(X, y, m, z, offset, const, group_codes, ngroups, max_rows=400_00
         last = max(last, first)
         r0, r1 = gstarts[first], ends[last]
         starts = gstarts[first:last + 1] - r0
-        gidx = np.repeat(np.arange(last + 1 - first), counts[first:last + 1])
+        ng = last + 1 - first
+        gidx = np.repeat(np.arange(ng), counts[first:last + 1])
+        nr = r1 - r0
+        ind = sp.csr_matrix((np.ones(nr), np.arange(nr), np.r_[starts, nr]), shape=(ng, nr))
         chunks.append(GroupChunk(Xs[r0:r1], ys[r0:r1], ms[r0:r1], zs[r0:r1], os_[r0:r1],
-                                 cs[r0:r1], starts, gidx))
+                                 cs[r0:r1], starts, gidx, ind))
         first = last + 1
     return chunks, order
 
@@ -183,8 +195,8 @@ def conditional_modes(eta_fixed: np.ndarray, sigma: float, chunk: GroupChunk, fa
     for it in range(1, maxiter + 1):
         eta = eta_fixed + sz * u[gi]
         d1, d2 = family.derivs(eta, y, m, order=2)
-        grad = _segment_sum(sz * d1, st) - u
-        hess = _segment_sum(sz * sz * d2, st) - 1.0
+        grad = chunk.group_sum(sz * d1) - u
+        hess = chunk.group_sum(sz * sz * d2) - 1.0
         pos = grad > 0
         lo = np.where(pos, np.maximum(lo, u), lo)
         hi = np.where(pos, hi, np.minimum(hi, u))
@@ -241,7 +253,7 @@ def agq_chunk(beta: np.ndarray, sigma: float, chunk: GroupChunk, family: Family,
     u_hat, iters = conditional_modes(eta0, sigma, chunk, family, u0)
     eta_hat = eta0 + sigma * z * u_hat[gi]
     d1, d2, d3 = family.derivs(eta_hat, y, m, order=3)
-    T2 = _segment_sum(z * z * d2, st)
+    T2 = chunk.group_sum(z * z * d2)
     h = 1.0 - sigma * sigma * T2
     s = 1.0 / np.sqrt(h)
 
@@ -249,12 +261,14 @@ def agq_chunk(beta: np.ndarray, sigma: float, chunk: GroupChunk, family: Family,
     keep = np.isfinite(rule.logw_adapt)
     zk, lwk = rule.z[keep], rule.logw_adapt[keep]
     uk = u_hat[:, None] + s[:, None] * zk[None, :]                     # (G, K)
-    eta_k = eta0[:, None] + (sigma * z)[:, None] * uk[gi]             # (n, K)
+    # eta at node k = eta_hat + sigma z s_i z_k: one outer product, no (n, K) gather.
+    eta_k = np.multiply.outer(sigma * z * s[gi], zk)                  # (n, K)
+    eta_k += eta_hat[:, None]
     if gradient:
         ll_k, d1_k = family.loglik_d1(eta_k, y[:, None], m[:, None], chunk.const[:, None])
     else:
         ll_k = family.loglik_rows(eta_k, y[:, None], m[:, None], chunk.const[:, None])
-    gk = _segment_sum(ll_k, st) - 0.5 * uk * uk - _LOG_SQRT_2PI       # g_i(u_k)
+    gk = chunk.group_sum(ll_k) - 0.5 * uk * uk - _LOG_SQRT_2PI       # g_i(u_k)
     a = lwk[None, :] + gk
     amax = np.max(a, axis=1)
     lse = amax + np.log(np.sum(np.exp(a - amax[:, None]), axis=1))
@@ -266,14 +280,14 @@ def agq_chunk(beta: np.ndarray, sigma: float, chunk: GroupChunk, family: Family,
     p = X.shape[1]
     pi = np.exp(a - lse[:, None])                                        # (G, K) node weights
     del eta_k, ll_k
-    zd1_k = _segment_sum(z[:, None] * d1_k, st)                          # (G, K)
+    zd1_k = chunk.group_sum(z[:, None] * d1_k)                          # (G, K)
     Gk = sigma * zd1_k - uk                                              # g'(u_k)
     A = np.sum(pi * Gk, axis=1)
     B = np.sum(pi * Gk * zk[None, :], axis=1)
     C = 0.5 * (1.0 + B * s) / h
-    T1 = _segment_sum(z * d1, st)
-    T3 = _segment_sum(z ** 3 * d3, st)
-    c_rows = np.sum(pi[gi] * d1_k, axis=1)                               # E_beta per row
+    T1 = chunk.group_sum(z * d1)
+    T3 = chunk.group_sum(z ** 3 * d3)
+    c_rows = np.einsum("ij,ij->i", pi[gi], d1_k)                         # E_beta per row
     del d1_k
     # d log L / d beta = X' r (derivation in the module notes: E + A du/db + C dg''/db).
     r = (c_rows
@@ -289,6 +303,6 @@ def agq_chunk(beta: np.ndarray, sigma: float, chunk: GroupChunk, family: Family,
     grad = np.concatenate([g_beta, [g_sigma]])
     outer = None
     if opg:
-        S = np.column_stack([_segment_sum(X * r[:, None], st), s_sigma])
+        S = np.column_stack([chunk.group_sum(X * r[:, None]), s_sigma])
         outer = S.T @ S
     return ChunkResult(loglik, grad, u_hat, h, ll_groups, iters, outer)

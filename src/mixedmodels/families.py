@@ -110,10 +110,6 @@ class Binomial(Family):
         with np.errstate(divide="ignore"):
             return np.log(mu) - np.log1p(-mu)
 
-    def cumulant(self, eta):
-        # log(1 + e^eta) without overflow for large eta.
-        return np.logaddexp(0.0, eta)
-
     def variance(self, mu):
         return mu * (1.0 - mu)
 
@@ -127,15 +123,33 @@ class Binomial(Family):
         return gammaln(n + 1.0) - gammaln(k + 1.0) - gammaln(n - k + 1.0)
 
     def loglik_d1(self, eta, y, m, const):
-        """Row log-probabilities and first derivatives, sharing one ``exp`` pass."""
-        e = np.exp(-np.abs(eta))
-        log1pexp = np.maximum(eta, 0.0) + np.log1p(e)
-        inv = 1.0 / (1.0 + e)
-        mu = np.where(eta >= 0, inv, e * inv)
-        return m * (y * eta - log1pexp) + const, m * (y - mu)
+        """Row log-probabilities and first derivatives (few passes, in place: this is the
+        innermost loop over rows x quadrature nodes)."""
+        e = np.abs(eta)
+        np.negative(e, out=e)
+        np.exp(e, out=e)                          # exp(-|eta|), never overflows
+        ll = np.log1p(e)
+        ll += np.maximum(eta, 0.0)                # log(1 + e^eta), stably
+        np.subtract(np.multiply(y, eta), ll, out=ll)
+        ll *= m
+        ll += const
+        # mu = expit(eta) from the same exponential
+        inv = np.add(e, 1.0)
+        np.reciprocal(inv, out=inv)
+        e *= inv
+        mu = np.where(eta >= 0, inv, e)
+        np.subtract(y, mu, out=mu)
+        mu *= m
+        return ll, mu
+
+    def cumulant(self, eta):
+        eta = np.asarray(eta, dtype=float)
+        return np.maximum(eta, 0.0) + np.log1p(np.exp(-np.abs(eta)))
 
     def derivs(self, eta, y, m, order=2):
-        mu = expit(eta)
+        # expit via one exp (scipy's expit and numpy's logaddexp are several times slower).
+        with np.errstate(over="ignore"):
+            mu = 1.0 / (1.0 + np.exp(-eta))
         v = mu * (1.0 - mu)
         d1 = m * (y - mu)
         d2 = -m * v
