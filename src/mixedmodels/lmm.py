@@ -23,7 +23,6 @@ ever formed.
 
 from __future__ import annotations
 
-import contextlib
 import time
 import warnings
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ import pandas as pd
 import scipy.linalg as sla
 import scipy.sparse as sp
 from scipy import optimize, stats
+from threadpoolctl import ThreadpoolController
 
 from . import _validate
 from .formula import ModelStructure, ReTerm, build_model
@@ -44,23 +44,16 @@ __all__ = ["lmer", "LinearMixedModel", "LMMProblem", "deviance_function", "optim
 
 _LOG2PI = float(np.log(2 * np.pi))
 
-try:  # optional: threadpoolctl is present wherever scikit-learn is
-    from threadpoolctl import ThreadpoolController
-
-    _THREADPOOLS = ThreadpoolController()
-except Exception:  # pragma: no cover - the fit works without it, only slower under load
-    _THREADPOOLS = None
+_THREADPOOLS = ThreadpoolController()
 
 
 def single_thread_blas():
-    """Context manager limiting BLAS to one thread while fitting, if threadpoolctl is installed.
+    """Context manager limiting BLAS to one thread while fitting.
 
     Our matrices are small or moderate (the dense block is at most a few thousand wide), so a
     multithreaded BLAS gains little and, on a busy 2-core machine, threads that wait for each
     other can make a 1,000 x 1,000 Cholesky factorization 50 times slower.
     """
-    if _THREADPOOLS is None:
-        return contextlib.nullcontext()
     return _THREADPOOLS.limit(limits=1, user_api="blas")
 
 
