@@ -553,6 +553,27 @@ def _glm_start(frame: GlmerFrame) -> np.ndarray:
 def _default_start(frame: GlmerFrame, obj) -> np.ndarray:
     beta = _glm_start(frame)
     if isinstance(obj, ScalarObjective):
+        t = frame.ms.reterms[0]
+        if np.all(t.Z[:, 0] == 1.0):
+            # Random intercept: start from the groups' empirical link values (0.5 added
+            # against log(0)), their mean shifting the intercept and their SD as sigma. A
+            # GLM start (sigma = 1) is far off when groups differ a lot, and costs the
+            # optimizer several steps to walk sigma up.
+            S = np.bincount(t.codes, frame.y * frame.m, t.nlevels)
+            N = np.bincount(t.codes, frame.m, t.nlevels)
+            fixed = np.bincount(t.codes, (frame.ms.X @ beta) * frame.m, t.nlevels)
+            ok = N > 0
+            if frame.family.name == "binomial":
+                e = np.log((S[ok] + 0.5) / (N[ok] - S[ok] + 0.5))
+            else:
+                e = np.log((S[ok] + 0.5) / N[ok])
+            e = e - fixed[ok] / N[ok]
+            sd = float(np.std(e))
+            icpt = [j for j, nm in enumerate(frame.ms.xnames) if nm == "(Intercept)"]
+            if np.isfinite(sd) and sd > 0.1 and icpt:
+                beta = beta.copy()
+                beta[icpt[0]] += float(np.mean(e))
+                return np.concatenate([beta, [sd]])
         return np.concatenate([beta, [1.0]])
     theta = np.array([1.0 if a == b else 0.0 for (_, a, b) in obj.th_index])
     return np.concatenate([beta, theta])
@@ -591,7 +612,7 @@ def _safe_evaluate(obj, x):
     return ll, g
 
 
-def _bhhh(obj, x0, free, maxiter=100, tol=1e-3):
+def _bhhh(obj, x0, free, maxiter=100, tol=1e-6):
     """BHHH ascent: Newton-like steps with the summed outer products of the groups' scores as
     the information. With many independent groups this is close to the Fisher information,
     so a handful of steps (one kernel pass each, no finite differences) nears the optimum;
