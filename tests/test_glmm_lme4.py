@@ -183,3 +183,13 @@ def test_profile_ci_cbpp():
     ci = fit("cbpp_nagq25").confint(method="profile")
     for name, (lo, hi) in ref["profile_ci"].items():
         assert ci.loc[name].tolist() == pytest.approx([lo, hi], abs=2e-3), name
+
+
+@pytest.mark.parametrize("case", ["cbpp_nagq1", "grouseticks_poisson"])
+def test_profile_ci_laplace(case):
+    # Profiles of the Laplace fits, incl. two crossed terms; lme4's lower bound 0 for the
+    # LOCATION SD (the profile never reaches the cut-off before the boundary).
+    ref = load(case)[0]
+    ci = fit(case).confint(method="profile")
+    for name, (lo, hi) in ref["profile_ci"].items():
+        assert ci.loc[name].tolist() == pytest.approx([lo, hi], abs=1e-3), name

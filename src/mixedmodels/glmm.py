@@ -1274,7 +1274,12 @@ class GlmerResult:
             if cache:
                 near = min(cache, key=lambda w: abs(w - v))
                 start = cache[near]
-            opt = optimize_glmer(obj, start, fixed={j: v})
+            # Newton from the nearest profile point, with the optimum's Hessian (the
+            # conditional optimum moves smoothly along the profile); BFGS only as a fallback.
+            try:
+                opt = optimize_glmer(obj, start, fixed={j: v}, hessian=self.opt.hessian)
+            except FloatingPointError:
+                opt = optimize_glmer(obj, start, fixed={j: v})
             cache[v] = opt.final
             d = max(2.0 * (ll_hat - opt.loglik), 0.0)
             return np.sign(v - x_hat[j]) * np.sqrt(d)
