@@ -175,3 +175,19 @@ def test_bad_prior_parameters():
         HalfT(scale=0.0)
     with pytest.raises(ValueError, match="InverseGamma.shape"):
         InverseGamma(shape=-1.0)
+
+
+def test_intervals_are_calibrated_over_repeated_experiments():
+    # 40 experiments from the same population: the 95% intervals of the bow effect and of
+    # sigma_a should cover the truth in about 38 of them (at least 34: P < 0.01 under 95%).
+    covered = {"BowSouthwood": 0, "sigma_a": 0}
+    truth = {"BowSouthwood": -10.0, "sigma_a": 20.0}
+    for k in range(40):
+        shots = mm.simulate_archers(n_archers=20, shots_per_bow=3, seed=1000 + k)
+        result = gibbs_random_intercept(shots["Distance"], design(shots), shots["Name"],
+                                        n_iter=400, n_warmup=100, n_chains=2, seed=k)
+        for name, value in truth.items():
+            lo, hi = np.quantile(result.draws[name], [0.025, 0.975])
+            covered[name] += bool(lo < value < hi)
+    assert covered["BowSouthwood"] >= 34, covered
+    assert covered["sigma_a"] >= 34, covered
