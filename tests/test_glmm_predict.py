@@ -24,7 +24,7 @@ def test_fitted_link_and_response():
     eta = f.predict()
     np.testing.assert_allclose(f.predict(type="response"), expit(eta))
     d = mm.load_ctr()
-    b = f.ranef()["id"]["(Intercept)"]
+    b = f.ranef().set_index("level")["value"]
     manual = f.fixef["(Intercept)"] + f.fixef["display"] * d["display"] + b.loc[d["id"].astype(str)].to_numpy()
     np.testing.assert_allclose(eta, manual, atol=1e-12)
 
@@ -35,11 +35,11 @@ def test_newdata_known_and_new_levels():
     first = int(d["id"].iloc[0])
     nd = pd.DataFrame({"display": [0, 1, 0], "id": [first, first, -1]})
     eta = f.predict(nd)
-    b0 = f.ranef()["id"]["(Intercept)"].loc[str(first)]
+    b0 = f.ranef().set_index("level")["value"].loc[str(first)]
     assert eta[0] == pytest.approx(f.fixef.iloc[0] + b0)
     assert eta[1] == pytest.approx(f.fixef.sum() + b0)
     assert eta[2] == pytest.approx(f.fixef.iloc[0])  # a new user: random effect 0
-    np.testing.assert_allclose(f.predict(nd, re_form=None), f.fixef.iloc[0] + f.fixef.iloc[1] * nd["display"])
+    np.testing.assert_allclose(f.predict(nd, include_random=False), f.fixef.iloc[0] + f.fixef.iloc[1] * nd["display"])
 
 
 def test_population_average_integrates_over_the_user_effect():
@@ -53,7 +53,7 @@ def test_population_average_integrates_over_the_user_effect():
                              epsabs=1e-13)[0]
         assert pa[k] == pytest.approx(ref, rel=1e-7)
     # The median user's rate expit(x'beta) is far below the mean rate of a random user.
-    at_zero = f.predict(nd, type="response", re_form=None)
+    at_zero = f.predict(nd, type="response", include_random=False)
     assert np.all(pa > 10 * at_zero)
 
 

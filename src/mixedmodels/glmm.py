@@ -996,6 +996,7 @@ class GlmerResult:
     def __init__(self, frame: GlmerFrame, obj, opt: OptSummary, nagq: int, auto=False,
                  history=None):
         self.frame, self._obj, self.opt = frame, obj, opt
+        self.model = frame.ms
         self.nagq, self.auto = int(nagq), auto
         self.history = history or []
         self.family = frame.family
@@ -1088,35 +1089,55 @@ class GlmerResult:
         return rows
 
     def varcorr(self) -> pd.DataFrame:
-        """Variances and correlations, as R's ``as.data.frame(VarCorr(fit))``."""
-        return pd.DataFrame(self._sd_rows(), columns=["grp", "var1", "var2", "vcov", "sdcor"])
+        """Variance components shaped like R's ``as.data.frame(VarCorr(fit))`` (as the LMM's).
 
-    def ranef(self, condvar: bool = False) -> dict[str, pd.DataFrame]:
-        """Conditional modes of the random effects, one DataFrame per grouping factor.
-
-        With ``condvar=True`` each frame gets a ``condsd_<name>`` column per effect (the
-        conditional standard deviation, lme4's ``condVar``).
+        Columns group, var1, var2, vcov, sdcor: one row per variance (sdcor the SD), then one
+        per covariance (sdcor the correlation). No residual row: binomial and Poisson have
+        no scale parameter.
         """
+        return pd.DataFrame(self._sd_rows(), columns=["group", "var1", "var2", "vcov", "sdcor"])
+
+    def _re_matrices(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per term: conditional modes ``b`` (levels x k) and their conditional SDs."""
         obj = self._obj
-        out: dict[str, pd.DataFrame] = {}
         if isinstance(obj, ScalarObjective):
-            t = self.frame.ms.reterms[0]
             b, sd = obj.modes(self._params)
-            df = pd.DataFrame({t.cnames[0]: b}, index=pd.Index(t.levels, name=t.group))
-            if condvar:
-                df["condsd_" + t.cnames[0]] = sd
-            out[t.group] = df
-            return out
-        for t, (b, sds) in zip(obj.terms, obj.modes(self._params)):
-            df = pd.DataFrame(b, columns=t.cnames, index=pd.Index(t.levels, name=t.group))
-            if condvar:
-                for a, c in enumerate(t.cnames):
-                    df["condsd_" + c] = sds[:, a]
-            if t.group in out:  # uncorrelated pieces of one factor: side by side
-                out[t.group] = out[t.group].join(df, rsuffix="_")
-            else:
-                out[t.group] = df
-        return out
+            return [(b[:, None], sd[:, None])]
+        return obj.modes(self._params)
+
+    def ranef(self, condvar: bool = True) -> pd.DataFrame:
+        """Conditional modes of the random effects, long format (as the LMM's ``ranef``).
+
+        Parameters
+        ----------
+        condvar : bool
+            Add ``condsd``: the conditional SD of each effect at the estimates (lme4's
+            ``condVar``; for a scalar term ``sigma / sqrt(-g''(u_hat))``).
+
+        Returns
+        -------
+        DataFrame
+            Columns group, term, level, value (and condsd), as R's
+            ``as.data.frame(ranef(fit))``; select a factor with ``df[df.group == "id"]``.
+        """
+        frames: dict[str, list[pd.DataFrame]] = {}
+        for t, (b, sd) in zip(self.frame.ms.reterms, self._re_matrices()):
+            for j, cname in enumerate(t.cnames):
+                d = {"group": t.group, "term": cname, "level": t.levels, "value": b[:, j]}
+                if condvar:
+                    d["condsd"] = sd[:, j]
+                frames.setdefault(t.group, []).append(pd.DataFrame(d))
+        return pd.concat([f for fs in frames.values() for f in fs], ignore_index=True)
+
+    def parameter_names(self) -> list[str]:
+        """lme4's names of the variance parameters (``sd_(Intercept)|id``, ``cor_x.y|g``)."""
+        return [f"sd_{v1}|{g}" if v2 is None else f"cor_{v2}.{v1}|{g}"
+                for g, v1, v2, _, _ in self._sd_rows()]
+
+    @property
+    def optsum(self) -> OptSummary:
+        """The optimizer's record (the LMM's name for it)."""
+        return self.opt
 
     # ---- prediction ---------------------------------------------------------------------
     def _re_sd_rows(self, terms, Zs):
@@ -1133,7 +1154,7 @@ class GlmerResult:
         return var
 
     def predict(self, newdata: pd.DataFrame | None = None, type: str = "link",
-                population_average: bool = False, re_form: str | None = "full") -> np.ndarray:
+                population_average: bool = False, include_random: bool = True) -> pd.Series:
         """Predictions on the link or the response scale.
 
         Parameters
@@ -1146,30 +1167,34 @@ class GlmerResult:
             population at these covariates, ``E[g^-1(x'beta + z'b)]`` integrated over the
             random effects' distribution (lme4 issue #281). ``g^-1(x'beta)``, the response at
             ``b = 0``, is far below it when the random-effect SD is large.
-        re_form : {"full", None}
-            ``None`` drops the random effects (``b = 0``), as lme4's ``re.form = NA``.
+        include_random : bool
+            False sets every random effect to 0 (lme4's ``re.form = NA``), as the LMM's
+            ``predict``.
 
         Returns
         -------
-        ndarray
+        Series
+            Indexed like ``newdata`` (or the rows used in the fit).
         """
         if type not in ("link", "response"):
             raise ValueError(f"`type` must be 'link' or 'response', got {type!r}")
         if population_average and type != "response":
             raise ValueError("`population_average=True` needs type='response' (on the link scale "
-                             "the population average is x'beta: use re_form=None)")
+                             "the population average is x'beta: use include_random=False)")
         ms = self.frame.ms
         terms = ms.reterms
         if newdata is None:
             X = ms.X
             codes = [t.codes for t in terms]
             Zs = [t.Z for t in terms]
+            index = ms.rows
         else:
             if not isinstance(newdata, pd.DataFrame):
                 raise ValueError("`newdata` must be a pandas DataFrame")
             X = ms.fixed_matrix(newdata)
             codes = [t.new_codes(newdata) for t in terms]
             Zs = [t.new_Z(newdata) for t in terms]
+            index = newdata.index
         eta = X @ self.fixef.to_numpy()
         if population_average:
             sd = np.sqrt(self._re_sd_rows(terms, Zs))
@@ -1183,29 +1208,25 @@ class GlmerResult:
             for a in range(0, len(eta), 2000):
                 sl = slice(a, a + 2000)
                 out[sl] = self.family.linkinv(eta[sl, None] + sd[sl, None] * grid[None, :]) @ w
-            return out
-        if re_form is not None:
-            re = self.ranef()
-            for t, c, Z in zip(terms, codes, Zs):
-                B = re[t.group][t.cnames].to_numpy()
+            return pd.Series(out, index=index, name="population_average")
+        if include_random:
+            for t, c, Z, (B, _) in zip(terms, codes, Zs, self._re_matrices()):
                 Bx = np.vstack([B, np.zeros((1, B.shape[1]))])  # row -1 -> new level -> 0
                 eta = eta + np.sum(Z * Bx[c], axis=1)
-        return eta if type == "link" else self.family.linkinv(eta)
+        out = eta if type == "link" else self.family.linkinv(eta)
+        return pd.Series(out, index=index, name=type)
 
-    def fitted(self) -> np.ndarray:
+    def fitted(self) -> pd.Series:
         """Fitted means (response scale, at the conditional modes)."""
         return self.predict(type="response")
 
     def pearson_residuals(self) -> np.ndarray:
         f = self.frame
-        return f.family.pearson_residuals(f.y, self.fitted(), f.m)
+        return f.family.pearson_residuals(f.y, self.fitted().to_numpy(), f.m)
 
     # ---- inference --------------------------------------------------------------------
     def _param_names(self) -> list[str]:
-        names = []
-        for g, v1, v2, _, _ in self._sd_rows():
-            names.append(f"sd_{v1}|{g}" if v2 is None else f"cor_{v2}.{v1}|{g}")
-        return names + self.xnames
+        return self.parameter_names() + self.xnames
 
     def confint(self, method: str = "profile", level: float = 0.95,
                 parm: list[str] | None = None) -> pd.DataFrame:
