@@ -165,10 +165,6 @@ class ChunkResult:
                            max(self.newton_iters, other.newton_iters), opg)
 
 
-def _segment_sum(a: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    return np.add.reduceat(a, starts, axis=0)
-
-
 def conditional_modes(eta_fixed: np.ndarray, sigma: float, chunk: GroupChunk, family: Family,
                       u0: np.ndarray | None = None, tol: float = 1e-10, maxiter: int = 200
                       ) -> tuple[np.ndarray, int]:

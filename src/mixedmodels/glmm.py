@@ -323,12 +323,11 @@ class LaplaceObjective:
         # Column offsets of each term's random effects (level-major, as lme4).
         self.terms = ms.reterms
         offs, q = [], 0
-        th_index, th_lower, th_start = [], [], []
+        th_index, th_lower = [], []
         for t in self.terms:
             offs.append(q)
             q += t.q
             k = t.k
-            th_start.append(len(th_index))
             for b in range(k):          # column-wise lower triangle, lme4's order
                 for a in range(b, k):
                     if not t.correlated and a != b:
@@ -441,15 +440,11 @@ class LaplaceObjective:
             ut = u[self.offs[ti]:self.offs[ti] + t.q].reshape(t.nlevels, t.k)
             b = ut @ T.T
             blk = Linv[:, self.offs[ti]:self.offs[ti] + t.q]
-            cv_u = np.einsum("ij,ij->j", blk, blk).reshape(t.nlevels, t.k)  # diag of A^-1
-            # Diagonal of T Var(u) T' per level (cross terms needed when k > 1).
+            # Diagonal of T Var(u) T' per level, Var(u) = A^-1 (cross terms when k > 1).
             sds = np.empty((t.nlevels, t.k))
             for lvl in range(t.nlevels):
-                cols = self.offs[ti] + lvl * t.k + np.arange(t.k)
                 V = blk[:, lvl * t.k:(lvl + 1) * t.k]
-                S = V.T @ V
-                sds[lvl] = np.sqrt(np.diag(T @ S @ T.T))
-            del cv_u
+                sds[lvl] = np.sqrt(np.diag(T @ (V.T @ V) @ T.T))
             out.append((b, sds))
         return out
 
@@ -691,8 +686,9 @@ def optimize_glmer(obj, start: np.ndarray, fixed: dict[int, float] | None = None
                    hessian: np.ndarray | None = None) -> OptSummary:
     """Stage 3: maximize the log-likelihood from ``start``.
 
-    BFGS on the analytic gradient, then Newton steps on a finite-difference Hessian of that
-    gradient until a step gains nothing. No bounds are needed: the likelihood depends on each
+    A quasi-Newton phase on the analytic gradient (BHHH for the scalar kernel, whose per-group
+    scores give an information matrix for free; BFGS for the Laplace path), then Newton steps
+    on a finite-difference Hessian of that gradient until a step gains nothing. No bounds are needed: the likelihood depends on each
     column of a covariance factor only up to its sign (``b`` and ``-b`` have the same
     distribution), so a standard deviation may wander below zero and is reported as its
     absolute value (:func:`_normalize`). ``fixed`` holds parameters at given values
