@@ -468,6 +468,11 @@ def grouping_codes(data: pd.DataFrame, group_vars: tuple[str, ...]) -> tuple[np.
             uniques = list(uniques)
         codes_list.append(np.asarray(codes, dtype=np.int64))
         uniques_list.append([u.item() if isinstance(u, np.generic) else u for u in uniques])
+    if len(group_vars) == 1:
+        # One grouping column (the common case, and the big one: a user id with a million
+        # levels) needs no interaction bookkeeping; its unused levels are already dropped.
+        uniques = uniques_list[0]
+        return codes_list[0], list(map(_label, uniques)), list(zip(uniques))
     combined = codes_list[0].copy()
     for c, u in zip(codes_list[1:], uniques_list[1:]):
         combined = combined * len(u) + c
