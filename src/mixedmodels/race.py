@@ -256,6 +256,17 @@ class Competitor(Protocol):
     def fit(self, data: pd.DataFrame) -> FittedModel: ...
 
 
+def _one_thread():
+    """Limit BLAS and OpenMP (glum's tabmat) to one thread while fitting.
+
+    The problems here are small and moderate; on a busy 2-core machine, threads waiting for each
+    other made glum's fits ten times slower than one thread (measured on 300 users).
+    """
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1)
+
+
 def _messages(caught: list) -> list[str]:
     return sorted({f"{w.category.__name__}: {str(w.message).splitlines()[0]}" for w in caught})
 
@@ -283,10 +294,18 @@ class GlumPenalized:
         column's SD is near 1/2 and its coefficient pays the full price.
     n_alphas, min_alpha_ratio : int, float
         The penalty grid, from the smallest penalty that zeros every coefficient (lasso) down
-        to ``min_alpha_ratio`` times it. Coarser than glmnet's 100 values, for speed; the chosen
-        penalty sits well inside the default grids on the post's data.
+        to ``min_alpha_ratio`` times it: 10 values down to 0.05 (LASSO), 12 down to 1e-4
+        (ridge). Coarser than glmnet's 100 values down to 1e-4, for speed; the chosen penalty
+        sits inside these grids on the post's data and in the book's sweep
+        (``info["alpha_at_grid_edge"]`` says when it does not).
     seed : int
         Seeds the fold assignment.
+    solver : str, optional
+        glum's solver: ``"irls-cd"`` for the LASSO (the only one that takes an L1 penalty),
+        ``"lbfgs"`` for ridge. The Newton solvers build a dense columns x columns Hessian at
+        every step, whose cost grows with the square of the number of users; L-BFGS never forms
+        it (on the post's 1,000 users, ridge by L-BFGS takes a fraction of a second, by Newton
+        about twenty).
     clicks, expos, user, covariates : str
         Column names.
     """
@@ -297,6 +316,7 @@ class GlumPenalized:
     n_alphas: int | None = None
     min_alpha_ratio: float | None = None
     seed: int = 0
+    solver: str | None = None
     clicks: str = "clicks"
     expos: str = "expos"
     user: str = "id"
@@ -307,11 +327,16 @@ class GlumPenalized:
             raise ValueError(f"`penalty` must be 'lasso' or 'ridge', got {self.penalty!r}")
         if isinstance(self.folds, bool) or not isinstance(self.folds, int) or self.folds < 2:
             raise ValueError(f"`folds` must be an integer >= 2, got {self.folds!r}")
+        lasso = self.penalty == "lasso"
         if self.n_alphas is None:
-            self.n_alphas = 12
+            self.n_alphas = 10 if lasso else 12
         if self.min_alpha_ratio is None:
-            # Ridge's largest glum alpha is a heuristic far above the useful range.
-            self.min_alpha_ratio = 1e-2 if self.penalty == "lasso" else 1e-4
+            # The LASSO's smallest penalties are where its solver is slowest (hundreds of active
+            # users, near-separated); the chosen penalty lies well above them at 100 to 3,000
+            # users. Ridge's largest glum alpha is a heuristic far above the useful range.
+            self.min_alpha_ratio = 5e-2 if lasso else 1e-4
+        if self.solver is None:
+            self.solver = "irls-cd" if lasso else "lbfgs"
 
     @property
     def name(self) -> str:
@@ -325,15 +350,14 @@ class GlumPenalized:
         design = user_design(data, user=self.user, covariates=self.covariates)
         n = data[self.expos].to_numpy(dtype=float)
         y = data[self.clicks].to_numpy(dtype=float) / n
+        solver = self.solver
         start = time.perf_counter()
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught, _one_thread():
             warnings.simplefilter("always")
             est = GeneralizedLinearRegressorCV(
                 family="binomial", l1_ratio=1.0 if self.penalty == "lasso" else 0.0,
                 n_alphas=self.n_alphas, min_alpha_ratio=self.min_alpha_ratio,
-                scale_predictors=self.standardize,
-                # Ridge is smooth: L-BFGS avoids building the dense users x users Hessian.
-                solver="irls-cd" if self.penalty == "lasso" else "lbfgs",
+                scale_predictors=self.standardize, solver=solver,
                 cv=KFold(self.folds, shuffle=True, random_state=self.seed),
             )
             est.fit(design.matrix, y, sample_weight=n)
@@ -351,6 +375,7 @@ class GlumPenalized:
             info={"alpha": float(est.alpha_), "alpha_at_grid_edge":
                   bool(np.isclose(est.alpha_, alphas.min()) or np.isclose(est.alpha_, alphas.max())),
                   "intercept": float(est.intercept_), "n_columns": design.matrix.shape[1],
+                  "solver": solver,
                   "warnings": _messages(caught)},
         )
 
@@ -382,7 +407,7 @@ class GlumGLM:
         n = data[self.expos].to_numpy(dtype=float)
         y = data[self.clicks].to_numpy(dtype=float) / n
         start = time.perf_counter()
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught, _one_thread():
             warnings.simplefilter("always")
             # irls-cd: the Newton system is singular for never-clicking users (separation),
             # which a direct solve refuses and coordinate descent does not mind.
@@ -410,7 +435,8 @@ class StatsmodelsGLM:
 
     statsmodels needs a dense design (rows x users), so this is for the post's 1,000 users,
     not for the sweep: the point is what standard errors, and the dense algebra under them,
-    cost.
+    cost. ``max_iter`` is R's ``glm`` default (25): the never-clicking users' coefficients
+    would otherwise keep creeping toward minus infinity.
     """
 
     clicks: str = "clicks"
@@ -418,6 +444,7 @@ class StatsmodelsGLM:
     user: str = "id"
     covariates: Sequence[str] = ("display",)
     max_users: int = 5000
+    max_iter: int = 25
 
     name: str = "GLM (statsmodels)"
 
@@ -432,10 +459,10 @@ class StatsmodelsGLM:
         n = data[self.expos].to_numpy(dtype=float)
         y = data[self.clicks].to_numpy(dtype=float) / n
         start = time.perf_counter()
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught, _one_thread():
             warnings.simplefilter("always")
             res = sm.GLM(y, design.matrix.toarray(), family=sm.families.Binomial(),
-                         var_weights=n).fit()
+                         var_weights=n).fit(maxiter=self.max_iter)
         seconds = time.perf_counter() - start
         users, cov = design.users, list(self.covariates)
         j = cov.index("display")
@@ -475,7 +502,7 @@ class GLMM:
         rhs = " + ".join(self.covariates) if self.covariates else "1"
         formula = f"{self.clicks}/{self.expos} ~ {rhs} + (1 | {self.user})"
         start = time.perf_counter()
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught, _one_thread():
             warnings.simplefilter("always")
             res = glmer(formula, data, family="binomial", weights=self.expos, nagq=self.nagq)
         seconds = time.perf_counter() - start
@@ -483,7 +510,7 @@ class GLMM:
         pop = self.population_average
 
         def predictor(newdata: pd.DataFrame) -> np.ndarray:
-            p = np.asarray(res.predict(newdata, type="response"), dtype=float)
+            p = np.array(res.predict(newdata, type="response"), dtype=float)  # a copy to fill
             new = ~newdata[self.user].astype(object).isin(known).to_numpy()
             if pop and new.any():
                 p[new] = np.asarray(res.predict(newdata.loc[new], type="response",
