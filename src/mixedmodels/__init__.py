@@ -8,6 +8,8 @@ from .datasets import ClickData, load_ctr, make_click_data
 from .glmm import ConvergenceWarning, GlmerResult, QuadratureWarning, glmer
 from .simulate import simulate_archers, westeros_names
 from .lmm import LinearMixedModel, deviance_function, lmer
+from . import race  # the prediction race of Chapter 8: mm.race.mspe, mm.race.race, ...
+from .race import mspe
 
 __version__ = "0.1.0"
 
@@ -27,4 +29,6 @@ __all__ = [
     "lmer",
     "LinearMixedModel",
     "deviance_function",
+    "race",
+    "mspe",
 ]
