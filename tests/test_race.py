@@ -278,3 +278,16 @@ def test_post_user_effects_match_the_post_data():
     # users with a large effect click a lot, those with a very negative one never do
     assert rate[a > 8].min() > 0.5
     assert rate[a < -5].max() < 0.01
+
+
+def test_race_end_to_end_with_the_default_competitors():
+    from mixedmodels.datasets import make_click_data
+
+    data, effects, _ = make_click_data(200, -4.5, 0.5, 5, 20, seed=11)
+    result = R.race(data, effects, n_future=4, seed=3)
+    s = result.summary
+    assert list(s.index) == ["LASSO", "ridge", "GLM", "GLMM"]
+    assert list(s.columns) == ["display_effect", "fit_seconds", "mspe_mean", "mspe_se", "n_sets"]
+    assert (s["n_sets"] == 4).all() and (s["fit_seconds"] > 0).all()
+    # The post's finding in miniature: the mixed model predicts the same users better than LASSO.
+    assert s.loc["GLMM", "mspe_mean"] < s.loc["LASSO", "mspe_mean"]

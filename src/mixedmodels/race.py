@@ -141,6 +141,7 @@ class UserDesign:
 
     @property
     def n_covariates(self) -> int:
+        """Number of covariate columns (before the user block)."""
         return len(self.columns) - len(self.users)
 
 
@@ -711,7 +712,9 @@ def sweep(user_counts: Sequence[int], *, competitors: Callable[[int], Sequence[C
             for name, row in summary.iterrows():
                 rows.append({"users": p, "model": name,
                              "display_effect": fitted[name].display_effect,
-                             "fit_seconds": fitted[name].fit_seconds, **row.to_dict()})
+                             "fit_seconds": fitted[name].fit_seconds,
+                             "mspe_mean": row["mspe_mean"], "mspe_se": row["mspe_se"],
+                             "n_sets": int(row["n_sets"])})
     return pd.DataFrame(rows)
 
 
