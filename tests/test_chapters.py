@@ -13,7 +13,7 @@ import functools
 import pytest
 
 from chapters import (
-    ROOT, chapter_path, executable_chapters, execute_chapter, glued_values,
+    chapter_path, executable_chapters, execute_chapter, glued_values,
     load_tables, stem, toc_files, typed_decimals,
 )
 

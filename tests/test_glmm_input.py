@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 import mixedmodels as mm
-from mixedmodels.glmm import ConvergenceWarning, QuadratureWarning
+from mixedmodels.glmm import QuadratureWarning
 
 FIX = Path(__file__).parent / "fixtures"
 F = "clicks/expos ~ display + (1 | id)"

@@ -1,6 +1,5 @@
 """The general Laplace path (PIRLS, any random-effects structure) and the check of the optimum."""
 
-import warnings
 from pathlib import Path
 
 import numpy as np

@@ -9,7 +9,6 @@ nested terms, and for both the dense and the sparse code paths.
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 from scipy import stats
 

@@ -6,6 +6,7 @@ so a reader never meets a numpy traceback for a mistake in their input.
 
 from __future__ import annotations
 
+from numbers import Integral, Real
 from typing import Sequence
 
 import numpy as np
@@ -14,9 +15,34 @@ import pandas as pd
 from .formula import ModelStructure
 
 __all__ = [
-    "check_dataframe", "check_columns", "check_level", "check_choice", "check_theta",
+    "check_count", "check_real", "check_positive", "check_dataframe", "check_columns", "check_level", "check_choice", "check_theta",
     "check_nlevels", "check_nobs_vs_nre", "check_has_random", "check_lmm_structure", "predictor_columns",
 ]
+
+
+def check_count(value: object, name: str, minimum: int) -> int:
+    """``value`` must be a whole number of at least ``minimum``; returns it as ``int``."""
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise ValueError(f"`{name}` must be a whole number, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"`{name}` must be at least {minimum}, got {value}")
+    return int(value)
+
+
+def check_real(value: object, name: str, nonnegative: bool = False) -> float:
+    """``value`` must be a finite number (and >= 0 with ``nonnegative``); returns a ``float``."""
+    if isinstance(value, bool) or not isinstance(value, Real) or not np.isfinite(value):
+        raise ValueError(f"`{name}` must be a finite number, got {value!r}")
+    if nonnegative and value < 0:
+        raise ValueError(f"`{name}` must be zero or positive, got {value}")
+    return float(value)
+
+
+def check_positive(value: object, name: str) -> float:
+    """``value`` must be a finite number above zero; returns a ``float``."""
+    if isinstance(value, bool) or not isinstance(value, Real) or not np.isfinite(value) or value <= 0:
+        raise ValueError(f"`{name}` must be a positive finite number, got {value!r}")
+    return float(value)
 
 
 def check_dataframe(data: object, name: str = "data") -> None:

@@ -184,7 +184,7 @@ def conditional_modes(eta_fixed: np.ndarray, sigma: float, chunk: GroupChunk, fa
     if sigma == 0.0:
         return np.zeros(G), 0
     u = np.zeros(G) if u0 is None else np.array(u0, dtype=float, copy=True)
-    y, m, z, st, gi = chunk.y, chunk.m, chunk.z, chunk.starts, chunk.gidx
+    y, m, z, gi = chunk.y, chunk.m, chunk.z, chunk.gidx
     lo = np.full(G, -np.inf)
     hi = np.full(G, np.inf)
     sz = sigma * z
@@ -244,7 +244,7 @@ def agq_chunk(beta: np.ndarray, sigma: float, chunk: GroupChunk, family: Family,
     """
     beta = np.asarray(beta, dtype=float)
     sigma = float(sigma)
-    X, y, m, z, st, gi = chunk.X, chunk.y, chunk.m, chunk.z, chunk.starts, chunk.gidx
+    X, y, m, z, gi = chunk.X, chunk.y, chunk.m, chunk.z, chunk.gidx
     eta0 = X @ beta + chunk.offset
     u_hat, iters = conditional_modes(eta0, sigma, chunk, family, u0)
     eta_hat = eta0 + sigma * z * u_hat[gi]

@@ -39,11 +39,13 @@ monotone sequence for the autocorrelations, and the larger of the bulk and folde
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from numbers import Integral, Real
 
 import numpy as np
 import pandas as pd
 from scipy import stats
+
+from ._validate import check_count as _check_count
+from ._validate import check_positive as _check_positive
 
 __all__ = [
     "HalfT",
@@ -102,18 +104,6 @@ class InverseGamma:
 # --------------------------------------------------------------------------------------------
 
 
-def _check_positive(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or not np.isfinite(value) or value <= 0:
-        raise ValueError(f"`{name}` must be a positive finite number, got {value!r}")
-    return float(value)
-
-
-def _check_count(value: object, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral):
-        raise ValueError(f"`{name}` must be a whole number, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"`{name}` must be at least {minimum}, got {value}")
-    return int(value)
 
 
 def _check_response(y: object) -> np.ndarray:

@@ -24,16 +24,14 @@ scalar term, its standard deviation).
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import scipy.linalg as sla
 import scipy.optimize as sopt
 import scipy.sparse as sp
-from scipy.special import logsumexp
-from scipy.stats import chi2, norm
+from scipy.stats import norm
 
 from .agq import agq_chunk, make_chunks
 from .families import Family, get_family
@@ -41,13 +39,8 @@ from .formula import ModelStructure, build_model
 from .quadrature import gauss_hermite
 from .summary import ModelSummary, random_effects_table, residual_quantiles
 
-try:  # the LMM's helper: one BLAS thread (a busy 2-core machine makes threaded BLAS crawl)
-    from .lmm import single_thread_blas
-except ImportError:  # pragma: no cover
-    import contextlib
-
-    def single_thread_blas():
-        return contextlib.nullcontext()
+# One BLAS thread while fitting: a busy 2-core machine makes threaded BLAS crawl.
+from .lmm import single_thread_blas
 
 __all__ = [
     "glmer", "glmer_frame", "make_objective", "optimize_glmer", "check_optimum",
@@ -1306,7 +1299,6 @@ class GlmerResult:
             target = side * zq
             step = se
             a_, b_ = x_hat[j], None
-            za = 0.0
             for _ in range(30):
                 v = a_ + side * step
                 if v < lower[j]:
@@ -1317,7 +1309,7 @@ class GlmerResult:
                     break
                 if v == lower[j]:
                     break
-                a_, za = v, zv
+                a_ = v
                 step *= 1.6
             if b_ is None:
                 out.append(lower[j] if side < 0 and np.isfinite(lower[j]) else np.nan)

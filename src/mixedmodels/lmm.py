@@ -394,7 +394,7 @@ class LMMProblem:
     def solve(self, theta: np.ndarray) -> dict:
         """Fixed effects, spherical and scaled random effects and pieces of the factor at theta."""
         L11, U, LRR = self.factor(theta)
-        q, p = self.qrest, self.p
+        q = self.qrest
         Lr = LRR[:-1, :-1]
         c = LRR[-1, :-1]
         v = sla.solve_triangular(Lr, c, lower=True, trans="T")

@@ -7,10 +7,11 @@ data on every run and every machine.
 
 from __future__ import annotations
 
-from numbers import Integral, Real
-
 import numpy as np
 import pandas as pd
+
+from ._validate import check_count as _check_count
+from ._validate import check_real as _check_real
 
 __all__ = ["westeros_names", "simulate_archers"]
 
@@ -30,20 +31,6 @@ _HOUSES = (
 )
 
 
-def _check_count(value: object, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral):
-        raise ValueError(f"`{name}` must be a whole number, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"`{name}` must be at least {minimum}, got {value}")
-    return int(value)
-
-
-def _check_real(value: object, name: str, nonnegative: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or not np.isfinite(value):
-        raise ValueError(f"`{name}` must be a finite number, got {value!r}")
-    if nonnegative and value < 0:
-        raise ValueError(f"`{name}` must be zero or positive, got {value}")
-    return float(value)
 
 
 def westeros_names(n: int, seed: int | None = None) -> list[str]:
