@@ -31,7 +31,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["ModelSummary", "random_effects_table", "residual_quantiles", "format_column", "format_pvalue"]
+__all__ = ["ModelSummary", "random_effects_table", "residual_quantiles", "format_column", "format_residuals",
+           "format_pvalue"]
 
 
 def residual_quantiles(resid: np.ndarray) -> pd.Series:
@@ -88,6 +89,16 @@ def format_column(values: Sequence[float], digits: int = 4, max_decimals: int = 
     if finite and min(abs(v) for v in finite) < 10.0 ** (-max_decimals + digits - 1):
         return [f"{v:.{digits - 1}e}" if np.isfinite(v) else "NA" for v in vals]
     dec = min(max_decimals, max((_decimals(v, digits) for v in finite), default=0))
+    return [f"{v:.{dec}f}" if np.isfinite(v) else "NA" for v in vals]
+
+
+def format_residuals(values: Sequence[float], digits: int = 4) -> list[str]:
+    """Residual quantiles as lme4 prints them: ``zapsmall(q, digits + 1)``, so the decimals
+    follow the largest quantile (a median near zero does not call for seven decimals)."""
+    vals = np.asarray(values, dtype=float)
+    finite = vals[np.isfinite(vals)]
+    largest = float(np.max(np.abs(finite))) if finite.size else 0.0
+    dec = digits + 1 if largest == 0 else max(0, digits + 1 - math.ceil(math.log10(largest)))
     return [f"{v:.{dec}f}" if np.isfinite(v) else "NA" for v in vals]
 
 
@@ -225,7 +236,7 @@ class ModelSummary:
             lines += fit + [""]
         if self.residuals is not None:
             lines.append(f"{self.residuals_label}: ")
-            lines += _text_table(list(self.residuals.index), [format_column(self.residuals.to_numpy())],
+            lines += _text_table(list(self.residuals.index), [format_residuals(self.residuals.to_numpy())],
                                  [False] * len(self.residuals))
             lines.append("")
         lines.append("Random effects:")
@@ -251,30 +262,40 @@ class ModelSummary:
     # ---- HTML -------------------------------------------------------------------------
 
     @staticmethod
-    def _html_table(header: list[str], rows: list[list[str]], caption: str | None = None) -> str:
+    def _html_table(header: list[str], rows: list[list[str]], caption: str | None = None,
+                    left: int = 1) -> str:
+        """An HTML table whose first ``left`` columns are text (left-aligned), the rest numbers."""
+        # Inline styles: the summary must look the same in Jupyter, JupyterLab and the book's
+        # theme, none of which we control (themes centre tables and their captions).
         esc = html.escape
-        out = ['<table class="mm-summary">']
+        cell = "padding:0.15em 0.9em;text-align:{};white-space:nowrap"
+        out = []
         if caption:
-            out.append(f"<caption style='text-align:left;font-weight:bold'>{esc(caption)}</caption>")
-        out.append("<thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr></thead><tbody>")
+            out.append(f"<div style='font-weight:bold;margin-top:0.6em'>{esc(caption)}</div>")
+        out.append('<table class="mm-summary" style="margin:0.2em 0 0.4em 0;border-collapse:collapse">')
+        out.append("<thead><tr>" + "".join(
+            f"<th style='{cell.format('left' if i < left else 'right')}'>{esc(h)}</th>"
+            for i, h in enumerate(header)) + "</tr></thead><tbody>")
         for r in rows:
-            out.append("<tr>" + "".join(f"<td style='text-align:{'left' if i == 0 else 'right'}'>{esc(c)}</td>"
-                                        for i, c in enumerate(r)) + "</tr>")
+            out.append("<tr>" + "".join(
+                f"<td style='{cell.format('left' if i < left else 'right')}'>{esc(c)}</td>"
+                for i, c in enumerate(r)) + "</tr>")
         out.append("</tbody></table>")
         return "".join(out)
 
     def _repr_html_(self) -> str:
         esc = html.escape
-        parts = ["<div class='mm-summary'>"]
-        parts += [f"<div>{esc(t.strip())}</div>" for t in self.title]
+        parts = ["<div class='mm-summary' style='text-align:left'>"]
+        parts += [f"<div>{'<b>' if i == 0 else ''}{esc(t.strip())}{'</b>' if i == 0 else ''}</div>"
+                  for i, t in enumerate(self.title)]
         if self.fit_statistics:
             cells = [f"{v:.0f}" if k == "df.resid" else f"{v:.1f}" for k, v in self.fit_statistics.items()]
-            parts.append(self._html_table(list(self.fit_statistics), [cells]))
+            parts.append(self._html_table(list(self.fit_statistics), [cells], left=0))
         if self.residuals is not None:
-            parts.append(self._html_table(list(self.residuals.index), [format_column(self.residuals.to_numpy())],
-                                          caption=self.residuals_label))
+            parts.append(self._html_table(list(self.residuals.index), [format_residuals(self.residuals.to_numpy())],
+                                          caption=self.residuals_label, left=0))
         header, rows = self._random_rows()
-        parts.append(self._html_table(header, rows, caption="Random effects"))
+        parts.append(self._html_table(header, rows, caption="Random effects", left=2))
         groups = ", ".join(f"{g}: {n}" for g, n in self.ngroups.items())
         parts.append(f"<div>Number of obs: {self.nobs}; groups: {esc(groups)}</div>")
         header, rows = self._fixed_rows()
