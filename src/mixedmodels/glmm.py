@@ -1267,7 +1267,12 @@ class GlmerResult:
                 if j >= p and not isinstance(self._obj, ScalarObjective):
                     _, a_, b_ = self._obj.th_index[j - p]
                     if a_ != b_:
-                        rows[nm] = (np.nan, np.nan)  # correlations: not profiled here
+                        # The profiled parameter would be an off-diagonal theta, which is not
+                        # the correlation; rather than a wrong interval, none.
+                        rows[nm] = (np.nan, np.nan)
+                        warnings.warn(f"no profile interval for the correlation {nm!r} of a GLMM "
+                                      "(left as NaN); the standard deviations are profiled",
+                                      stacklevel=4)
                         continue
                 rows[nm] = self._profile_interval(j, zq)
 
