@@ -1,34 +1,50 @@
 """mixedmodels: linear and generalized linear mixed models, from scratch.
 
 The helper package of the book "Mixed models with the Lannisters".
+
+Fitting
+    :func:`lmer` (linear mixed models, REML or ML) and :func:`glmer` (binomial and Poisson
+    GLMMs by the Laplace approximation or adaptive Gauss-Hermite quadrature), with lme4's
+    formula syntax and lme4-like results (``fixef``, ``ranef()``, ``varcorr()``,
+    ``confint()``, ``predict()``, ``summary()``). :func:`deviance_function` hands back the
+    profiled objective of an LMM as a function of theta.
+Data
+    :func:`simulate_archers` (the bow experiment), :func:`simulate_schools`,
+    :func:`load_ctr` (the post's click data) and :func:`make_click_data` (more like it).
+Bayes
+    :func:`gibbs_random_intercept`, a Gibbs sampler for the random-intercept model.
+The race
+    :mod:`mixedmodels.race` (Chapter 8) and its :func:`mspe`.
 """
 
-from .gibbs import HalfT, InverseGamma, gibbs_random_intercept
-from .datasets import ClickData, load_ctr, make_click_data
-from .glmm import ConvergenceWarning, GlmerResult, QuadratureWarning, glmer
-from .simulate import simulate_archers, westeros_names
-from .lmm import LinearMixedModel, deviance_function, lmer
 from . import race  # the prediction race of Chapter 8: mm.race.mspe, mm.race.race, ...
+from .datasets import ClickData, load_ctr, make_click_data
+from .gibbs import HalfT, InverseGamma, gibbs_random_intercept
+from .glmm import ConvergenceWarning, GlmerResult, QuadratureWarning, glmer
+from .lmm import LinearMixedModel, deviance_function, lmer
 from .race import mspe
+from .schools import simulate_schools
+from .simulate import simulate_archers, westeros_names
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ClickData",
-    "ConvergenceWarning",
-    "GlmerResult",
-    "QuadratureWarning",
-    "glmer",
-    "load_ctr",
-    "make_click_data",
-    "gibbs_random_intercept",
-    "HalfT",
-    "InverseGamma",
-    "simulate_archers",
-    "westeros_names",
     "lmer",
     "LinearMixedModel",
     "deviance_function",
+    "glmer",
+    "GlmerResult",
+    "ConvergenceWarning",
+    "QuadratureWarning",
+    "simulate_archers",
+    "westeros_names",
+    "simulate_schools",
+    "load_ctr",
+    "make_click_data",
+    "ClickData",
+    "gibbs_random_intercept",
+    "HalfT",
+    "InverseGamma",
     "race",
     "mspe",
 ]
