@@ -12,6 +12,7 @@ The figures are for the machine that runs it; the targets were set for a 2-core 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import resource
 import sys
@@ -54,7 +55,7 @@ def simulate_crossed(n: int = 70_000, levels: tuple[int, ...] = (3000, 1100, 14)
 
 
 def main(quick: bool = False) -> None:
-    print(f"machine: {platform.machine()}, {platform.system()}, python {platform.python_version()}")
+    print(f"machine: {platform.machine()}, {platform.system()}, {os.cpu_count()} cores, python {platform.python_version()}")
     print("small reference fits (median of 7 runs; target < 20 ms each):")
     for name in GAUSSIAN:
         ref, df = load_reference(name)
