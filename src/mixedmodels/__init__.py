@@ -4,7 +4,8 @@ The helper package of the book "Mixed models with the Lannisters".
 
 Fitting
     :func:`lmer` (linear mixed models, REML or ML) and :func:`glmer` (binomial and Poisson
-    GLMMs by the Laplace approximation or adaptive Gauss-Hermite quadrature), with lme4's
+    GLMMs by the Laplace approximation or adaptive Gauss-Hermite quadrature; links in
+    :mod:`mixedmodels.families`, e.g. ``families.binomial(link="probit")``), with lme4's
     formula syntax and lme4-like results (``fixef``, ``ranef()``, ``varcorr()``,
     ``confint()``, ``predict()``, ``summary()``). :func:`deviance_function` hands back the
     profiled objective of an LMM as a function of theta.
@@ -17,6 +18,7 @@ The race
     :mod:`mixedmodels.race` (Chapter 8) and its :func:`mspe`.
 """
 
+from . import families  # mm.families.binomial(link="probit"), as R's binomial(link = ...)
 from . import race  # the prediction race of Chapter 8: mm.race.mspe, mm.race.race, ...
 from .datasets import ClickData, load_ctr, make_click_data
 from .gibbs import HalfT, InverseGamma, gibbs_random_intercept
@@ -45,6 +47,7 @@ __all__ = [
     "gibbs_random_intercept",
     "HalfT",
     "InverseGamma",
+    "families",
     "race",
     "mspe",
 ]

@@ -20,6 +20,12 @@ results are added (:meth:`ChunkResult.__add__`). The gradient is analytic and ex
 quadrature approximation *including* the motion of the nodes with the parameters (through
 ``u_hat`` and ``s``; this needs the third derivative of the row log-likelihood), which is what
 lets the optimizer land on the same optimum as lme4 when the rule is coarse.
+
+The scale ``s`` is lme4's: from the expected (Fisher) information of the rows at the mode,
+``h = 1 - sigma^2 sum z^2 e2`` (:meth:`Family.info_derivs`), which for a canonical link is the
+curvature ``-g''(u_hat)`` itself. For probit and cloglog the two differ, so the kernel keeps
+both: the true curvature ``h_obs`` moves the mode (implicit differentiation of
+``g'(u_hat) = 0``), the expected one ``h`` sets the nodes.
 """
 
 from __future__ import annotations
@@ -136,7 +142,8 @@ class ChunkResult:
     grad : ndarray (p + 1,)
         Its gradient in ``(beta, sigma)``; ``None`` when not asked for.
     u_hat, h : ndarray (G,)
-        Conditional modes of ``u`` and the curvature ``-g''(u_hat)`` per group (concatenated
+        Conditional modes of ``u`` and the information that scales the nodes per group
+        (``-g''(u_hat)`` for a canonical link, its expected version otherwise; concatenated
         in chunk order when results are added).
     loglik_groups : ndarray (G,)
         Per-group log-likelihoods.
@@ -170,10 +177,13 @@ def conditional_modes(eta_fixed: np.ndarray, sigma: float, chunk: GroupChunk, fa
                       ) -> tuple[np.ndarray, int]:
     """Maximize each group's ``g_i(u)`` by a safeguarded Newton iteration, all groups at once.
 
-    ``g_i`` is strictly concave (canonical link), so ``g_i'`` is decreasing and the sign of
-    ``g_i'`` at every iterate brackets the mode; a Newton step that leaves the bracket is
-    replaced by bisection. Lopsided groups (no clicks, large ``sigma``) are the ones that need
-    it. Only first and second derivatives are evaluated (one ``expit`` pass per iteration).
+    ``g_i`` is strictly concave (every implemented family and link has a row log-likelihood
+    concave in ``eta``), so ``g_i'`` is decreasing and the sign of ``g_i'`` at every iterate
+    brackets the mode; a Newton step that leaves the bracket, or lands nowhere (NaN after an
+    overflow, possible with cloglog's ``exp(eta)`` far from the mode), is replaced by
+    bisection. Lopsided groups (no clicks, large ``sigma``) are the ones that need it. Only
+    first and second derivatives are evaluated (one ``expit`` pass per iteration for the
+    logit).
 
     Returns
     -------
@@ -200,7 +210,8 @@ def conditional_modes(eta_fixed: np.ndarray, sigma: float, chunk: GroupChunk, fa
         # Bisect only where Newton jumps out of the bracket by more than rounding (at the
         # mode itself the bracket collapses onto u, and a 1e-16 overshoot is no reason).
         slack = tol * (1.0 + np.abs(u))
-        outside = ~((u_new > lo) & (u_new < hi)) & (np.abs(u_new - u) > slack)
+        # (Written as ~(<=) so that a NaN step also counts as outside.)
+        outside = ~((u_new > lo) & (u_new < hi)) & ~(np.abs(u_new - u) <= slack)
         if np.any(outside):
             both = np.isfinite(lo) & np.isfinite(hi)
             u_new = np.where(outside & both, 0.5 * (lo + hi), u_new)
@@ -228,7 +239,7 @@ def agq_chunk(beta: np.ndarray, sigma: float, chunk: GroupChunk, family: Family,
     chunk : GroupChunk
         Whole groups, sorted.
     family : Family
-        Canonical-link family.
+        Family and link.
     nagq : int
         Number of adaptive Gauss-Hermite points (1 = Laplace).
     u0 : ndarray (G,), optional
@@ -250,7 +261,14 @@ def agq_chunk(beta: np.ndarray, sigma: float, chunk: GroupChunk, family: Family,
     eta_hat = eta0 + sigma * z * u_hat[gi]
     d1, d2, d3 = family.derivs(eta_hat, y, m, order=3)
     T2 = chunk.group_sum(z * z * d2)
-    h = 1.0 - sigma * sigma * T2
+    h_obs = 1.0 - sigma * sigma * T2                # -g''(u_hat): moves the mode
+    if family.canonical:
+        e3, T2e, h = d3, T2, h_obs
+    else:
+        # lme4 scales the nodes by the expected information (module docstring).
+        e2, e3 = family.info_derivs(eta_hat, y, m)
+        T2e = chunk.group_sum(z * z * e2)
+        h = 1.0 - sigma * sigma * T2e
     s = 1.0 / np.sqrt(h)
 
     rule = gauss_hermite(int(nagq))
@@ -282,18 +300,19 @@ def agq_chunk(beta: np.ndarray, sigma: float, chunk: GroupChunk, family: Family,
     B = np.sum(pi * Gk * zk[None, :], axis=1)
     C = 0.5 * (1.0 + B * s) / h
     T1 = chunk.group_sum(z * d1)
-    T3 = chunk.group_sum(z ** 3 * d3)
+    T3 = chunk.group_sum(z ** 3 * e3)
     c_rows = np.einsum("ij,ij->i", pi[gi], d1_k)                         # E_beta per row
     del d1_k
-    # d log L / d beta = X' r (derivation in the module notes: E + A du/db + C dg''/db).
+    # d log L / d beta = X' r (derivation in the module notes: E + A du/db + C dh/db), where
+    # du/db = sigma sum z d2 x / h_obs and h's derivative is that of sigma^2 sum z^2 e2.
     r = (c_rows
-         + (sigma * A / h)[gi] * z * d2
-         + C[gi] * (sigma ** 2 * z * z * d3 + (sigma ** 4 * T3 / h)[gi] * z * d2))
+         + (sigma * A / h_obs)[gi] * z * d2
+         + C[gi] * (sigma ** 2 * z * z * e3 + (sigma ** 4 * T3 / h_obs)[gi] * z * d2))
     g_beta = X.T @ r if p else np.zeros(0)
     # sigma: the same three pieces, per group.
     E_sigma = np.sum(pi * zd1_k * uk, axis=1)
-    du_dsigma = (T1 + sigma * u_hat * T2) / h
-    D_sigma = 2.0 * sigma * T2 + sigma ** 2 * u_hat * T3 + sigma ** 3 * T3 * du_dsigma
+    du_dsigma = (T1 + sigma * u_hat * T2) / h_obs
+    D_sigma = 2.0 * sigma * T2e + sigma ** 2 * u_hat * T3 + sigma ** 3 * T3 * du_dsigma
     s_sigma = E_sigma + A * du_dsigma + C * D_sigma
     g_sigma = float(np.sum(s_sigma))
     grad = np.concatenate([g_beta, [g_sigma]])

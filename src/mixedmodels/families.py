@@ -6,11 +6,17 @@ three derivatives of that log-probability in ``eta``. Laplace needs two (the con
 and the curvature); the analytic gradient of adaptive quadrature needs the third, because the
 quadrature nodes move with the parameters.
 
-Only canonical links are implemented (logit for the binomial, log for the Poisson): there the
-observed and expected information agree, so our node placement matches lme4's.
+Links: logit (canonical), probit and cloglog for the binomial; log (canonical) for the Poisson.
+For a canonical link the observed and the expected (Fisher) information in ``eta`` agree; for
+probit and cloglog they do not, and lme4 scales its Laplace approximation and its quadrature
+nodes by the *expected* information (its PIRLS weights ``m mu'(eta)^2 / V(mu)``), while the
+conditional mode is the same either way. :meth:`Family.info_derivs` gives that weight (negated,
+like ``d2``) and its derivative, so that the kernels can scale the same way and agree with lme4
+(with many quadrature points the scale no longer matters: the integral is exact either way).
 
 Conventions: ``y`` is the response on the mean scale (a proportion for the binomial), ``m``
-the prior weight (the number of trials for the binomial). The log-likelihood of a row is
+the prior weight (the number of trials for the binomial). The log-likelihood of a binomial row
+is ``m * (y * log(mu) + (1 - y) * log(1 - mu)) + c(y, m)``, for the logit
 ``m * (y * eta - b(eta)) + c(y, m)``.
 """
 
@@ -19,17 +25,46 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import expit, gammaln
+from scipy.special import erfcx, expit, gammaln, log_ndtr, ndtr, ndtri
 
-__all__ = ["Family", "Binomial", "Poisson", "get_family"]
+__all__ = ["Family", "Binomial", "Poisson", "binomial", "poisson", "get_family",
+           "BINOMIAL_LINKS", "POISSON_LINKS"]
+
+#: Links implemented per family; the first is the default (canonical) one.
+BINOMIAL_LINKS = ("logit", "probit", "cloglog")
+POISSON_LINKS = ("log",)
+
+_SQRT_2_OVER_PI = np.sqrt(2.0 / np.pi)
+_SQRT_HALF = np.sqrt(0.5)
+#: Above this eta cloglog's mu is 1, and log(mu) and its derivatives 0, to double precision
+#: (exp(-exp(40)) underflows): evaluating that part at min(eta, 40) keeps exp(eta) from
+#: overflowing into inf * 0 = NaN.
+_CLOGLOG_EMAX = 40.0
+#: Below this eta cloglog's log(mu) is eta - exp(eta)/2 to double precision (further down
+#: exp(eta) underflows to 0, where log(-expm1(-w)) would be log(0)).
+_CLOGLOG_EMIN = -30.0
 
 
 @dataclass(frozen=True)
 class Family:
-    """Base class: a distribution with a canonical link (see the module docstring)."""
+    """Base class: a distribution and its link (see the module docstring)."""
 
     name: str = "family"
     link: str = "identity"
+
+    @property
+    def canonical(self) -> bool:
+        """Whether the link is canonical (observed information = expected information)."""
+        return True
+
+    def info_derivs(self, eta: np.ndarray, y: np.ndarray, m: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """Minus the expected (Fisher) information of each row in ``eta``, and its derivative.
+
+        ``e2 = -m mu'(eta)^2 / V(mu)`` (lme4's PIRLS weight, negated to mirror ``d2``) and
+        ``e3 = d e2 / d eta``. For a canonical link these are ``d2`` and ``d3``.
+        """
+        return self.derivs(eta, y, m, order=3)[1:]
 
     # -- to override -------------------------------------------------------------------
     def linkinv(self, eta: np.ndarray) -> np.ndarray:
@@ -97,18 +132,56 @@ class Family:
 
 @dataclass(frozen=True)
 class Binomial(Family):
-    """Binomial with the logit link; ``y`` is the proportion of successes out of ``m`` trials."""
+    """Binomial; ``y`` is the proportion of successes out of ``m`` trials.
+
+    Parameters
+    ----------
+    link : {"logit", "probit", "cloglog"}
+        ``logit``: ``mu = 1 / (1 + exp(-eta))`` (canonical, the default); ``probit``:
+        ``mu = Phi(eta)``; ``cloglog``: ``mu = 1 - exp(-exp(eta))``.
+
+    Notes
+    -----
+    The logit methods are the hand-tuned fast path of the kernel's innermost loop and are kept
+    as they were; the other links branch off at the top of each method. Every link's row
+    log-likelihood is concave in ``eta`` (``log Phi`` and ``log(1 - exp(-exp(eta)))`` are
+    concave), which the conditional-mode iteration relies on.
+    """
 
     name: str = "binomial"
     link: str = "logit"
 
+    def __post_init__(self) -> None:
+        _check_link(self.name, self.link)
+
+    @property
+    def canonical(self) -> bool:
+        return self.link == "logit"
+
     def linkinv(self, eta):
+        if self.link == "probit":
+            return ndtr(eta)
+        if self.link == "cloglog":
+            return -np.expm1(-np.exp(np.minimum(eta, _CLOGLOG_EMAX)))
         return expit(eta)
 
     def linkfun(self, mu):
         mu = np.asarray(mu, dtype=float)
+        if self.link == "probit":
+            return ndtri(mu)
         with np.errstate(divide="ignore"):
+            if self.link == "cloglog":
+                return np.log(-np.log1p(-mu))
             return np.log(mu) - np.log1p(-mu)
+
+    def loglik_rows(self, eta, y, m, const=None):
+        if self.link == "logit":
+            return super().loglik_rows(eta, y, m, const)
+        c = self.log_const(y, m) if const is None else const
+        if self.link == "probit":
+            eta = np.asarray(eta, dtype=float)
+            return m * (y * log_ndtr(eta) + (1.0 - y) * log_ndtr(-eta)) + c
+        return m * (y * _cloglog_log_mu(eta) - _cloglog_fail_w(eta, y)) + c
 
     def variance(self, mu):
         return mu * (1.0 - mu)
@@ -125,6 +198,8 @@ class Binomial(Family):
     def loglik_d1(self, eta, y, m, const):
         """Row log-probabilities and first derivatives (few passes, in place: this is the
         innermost loop over rows x quadrature nodes)."""
+        if self.link != "logit":
+            return self.loglik_rows(eta, y, m, const), self.derivs(eta, y, m, order=1)[0]
         e = np.abs(eta)
         np.negative(e, out=e)
         np.exp(e, out=e)                          # exp(-|eta|), never overflows
@@ -143,10 +218,16 @@ class Binomial(Family):
         return ll, mu
 
     def cumulant(self, eta):
+        if self.link != "logit":
+            raise NotImplementedError(f"the {self.link} link is not canonical: no cumulant form")
         eta = np.asarray(eta, dtype=float)
         return np.maximum(eta, 0.0) + np.log1p(np.exp(-np.abs(eta)))
 
     def derivs(self, eta, y, m, order=2):
+        if self.link == "probit":
+            return _probit_derivs(np.asarray(eta, dtype=float), y, m, order)
+        if self.link == "cloglog":
+            return _cloglog_derivs(np.asarray(eta, dtype=float), y, m, order)
         # expit via one exp (scipy's expit and numpy's logaddexp are several times slower).
         with np.errstate(over="ignore"):
             mu = 1.0 / (1.0 + np.exp(-eta))
@@ -157,6 +238,102 @@ class Binomial(Family):
             return d1, d2
         return d1, d2, d2 * (1.0 - 2.0 * mu)
 
+    def info_derivs(self, eta, y, m):
+        if self.link == "probit":
+            # W = m phi^2 / (Phi (1 - Phi)) = m r(eta) r(-eta); with r'(x) = -r (x + r),
+            # dW/deta = W (r(-eta) - r(eta) - 2 eta).
+            eta = np.asarray(eta, dtype=float)
+            rp, rn = _mills(eta), _mills(-eta)
+            w = m * rp * rn
+            return -w, -w * (rn - rp - 2.0 * eta)
+        if self.link == "cloglog":
+            # W = m mu'^2 / V = m w^2 / expm1(w) = m w q, dW/deta = m w q (1 + f - w).
+            w, q, f = _cloglog_wqf(np.asarray(eta, dtype=float))
+            wq = m * w * q
+            return -wq, -wq * (1.0 + f - w)
+        return super().info_derivs(eta, y, m)
+
+
+# -- probit and cloglog: log(mu) = A(eta), log(1 - mu) = B(eta), so the row log-likelihood is
+# m (y A + (1 - y) B) + c and its derivatives are those of A and B, weighted the same way.
+
+
+def _mills(x: np.ndarray) -> np.ndarray:
+    """``r(x) = phi(x) / Phi(x)`` = d log Phi(x) / dx, without underflow for x << 0.
+
+    ``Phi(x) = erfcx(-x / sqrt 2) exp(-x^2 / 2) / 2`` cancels ``phi``'s exponential; for
+    x >> 0 ``erfcx`` overflows to inf and r = 0, as it should.
+    """
+    with np.errstate(over="ignore"):
+        return _SQRT_2_OVER_PI / erfcx(-_SQRT_HALF * x)
+
+
+def _probit_derivs(eta: np.ndarray, y, m, order: int) -> tuple[np.ndarray, ...]:
+    """``d^k/deta^k`` of ``m (y log Phi(eta) + (1 - y) log Phi(-eta))``, k = 1..order.
+
+    With ``A(x) = log Phi(x)`` and ``r = A'``: ``A'' = -r (x + r)`` and
+    ``A''' = r ((x + r)(x + 2 r) - 1)``; ``log(1 - Phi(eta)) = A(-eta)``.
+    """
+    rp, rn = _mills(eta), _mills(-eta)
+    d1 = m * (y * rp - (1.0 - y) * rn)
+    if order < 2:
+        return (d1,)
+    sp_, sn = eta + rp, rn - eta                  # x + r(x) at x = eta and at x = -eta
+    d2 = -m * (y * rp * sp_ + (1.0 - y) * rn * sn)
+    if order < 3:
+        return d1, d2
+    a3p = rp * (sp_ * (eta + 2.0 * rp) - 1.0)
+    a3n = rn * (sn * (2.0 * rn - eta) - 1.0)
+    return d1, d2, m * (y * a3p - (1.0 - y) * a3n)
+
+
+def _cloglog_wqf(eta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``w = exp(eta)``, ``q = w / expm1(w)`` (= d log mu / d eta) and ``f = 1 - q``, stably.
+
+    Evaluated at ``min(eta, 40)``, where ``q`` and ``w q`` are already 0 to double precision;
+    ``f`` by its series where ``1 - q`` would cancel (w < 0.01; the next term is < 1e-20
+    relative).
+    """
+    w = np.exp(np.minimum(eta, _CLOGLOG_EMAX))
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        q = np.where(w > 0.0, w / np.expm1(w), 1.0)
+    f = np.where(w < 0.01, w * (0.5 - w / 12.0 + w * w * w / 720.0), 1.0 - q)
+    return w, q, f
+
+
+def _cloglog_log_mu(eta) -> np.ndarray:
+    """``log(1 - exp(-exp(eta)))`` (= log mu), stably at both ends."""
+    eta = np.asarray(eta, dtype=float)
+    w = np.exp(np.minimum(eta, _CLOGLOG_EMAX))
+    with np.errstate(divide="ignore"):
+        return np.where(eta < _CLOGLOG_EMIN, eta - 0.5 * w, np.log(-np.expm1(-w)))
+
+
+def _cloglog_fail_w(eta, y) -> np.ndarray:
+    """``(1 - y) exp(eta)`` = -(1 - y) log(1 - mu), as ``exp(eta + log(1 - y))``: an all-success
+    row (y = 1) gives 0, not ``0 * inf``, when ``exp(eta)`` overflows."""
+    with np.errstate(divide="ignore", over="ignore"):
+        return np.exp(eta + np.log1p(-np.asarray(y, dtype=float)))
+
+
+def _cloglog_derivs(eta: np.ndarray, y, m, order: int) -> tuple[np.ndarray, ...]:
+    """``d^k/deta^k`` of ``m (y log mu + (1 - y) log(1 - mu))`` for ``mu = 1 - exp(-e^eta)``.
+
+    ``log(1 - mu) = -w`` (every derivative is ``-w``); ``A = log mu`` has ``A' = q``,
+    ``A'' = q (f - w)`` and ``A''' = A'' (f - q - w) - w q`` (``f = 1 - q``).
+    """
+    w, q, f = _cloglog_wqf(eta)
+    t = _cloglog_fail_w(eta, y)
+    d1 = m * (y * q - t)
+    if order < 2:
+        return (d1,)
+    a2 = q * (f - w)
+    d2 = m * (y * a2 - t)
+    if order < 3:
+        return d1, d2
+    a3 = a2 * (f - q - w) - w * q
+    return d1, d2, m * (y * a3 - t)
+
 
 @dataclass(frozen=True)
 class Poisson(Family):
@@ -164,6 +341,9 @@ class Poisson(Family):
 
     name: str = "poisson"
     link: str = "log"
+
+    def __post_init__(self) -> None:
+        _check_link(self.name, self.link)
 
     def linkinv(self, eta):
         return np.exp(eta)
@@ -198,7 +378,34 @@ class Poisson(Family):
 
 
 _FAMILIES = {"binomial": Binomial, "poisson": Poisson}
-_LINKS = {"binomial": ("logit",), "poisson": ("log",)}
+_LINKS = {"binomial": BINOMIAL_LINKS, "poisson": POISSON_LINKS}
+
+
+def _check_link(name: str, link) -> str:
+    if not isinstance(link, str) or link not in _LINKS[name]:
+        raise ValueError(f"`link`={link!r} is not implemented for the {name} family; "
+                         f"available: {list(_LINKS[name])}")
+    return link
+
+
+def binomial(link: str = "logit") -> Binomial:
+    """The binomial family with a link, as R's ``binomial(link = "probit")``.
+
+    Parameters
+    ----------
+    link : {"logit", "probit", "cloglog"}
+
+    Raises
+    ------
+    ValueError
+        For another link, naming the available ones.
+    """
+    return Binomial(link=link)
+
+
+def poisson(link: str = "log") -> Poisson:
+    """The Poisson family (only its canonical log link is implemented)."""
+    return Poisson(link=link)
 
 
 def get_family(family: str | Family, link: str | None = None) -> Family:
@@ -207,27 +414,29 @@ def get_family(family: str | Family, link: str | None = None) -> Family:
     Parameters
     ----------
     family : str or Family
-        ``"binomial"`` or ``"poisson"`` (case-insensitive), or a family instance.
+        ``"binomial"`` or ``"poisson"`` (case-insensitive), or a family object such as
+        ``binomial(link="probit")``.
     link : str, optional
-        Only the canonical link is implemented: ``"logit"`` or ``"log"``.
+        The link (default: the family's canonical one): ``"logit"``, ``"probit"`` or
+        ``"cloglog"`` for the binomial, ``"log"`` for the Poisson. With a family object it may
+        only repeat the object's own link.
 
     Raises
     ------
     ValueError
-        For an unknown family or a link we do not implement, naming the alternatives.
+        For an unknown family or a link we do not implement (naming the alternatives), or a
+        ``link`` that contradicts the family object's.
     """
     if isinstance(family, Family):
-        fam = family
-    else:
-        key = str(family).lower()
-        if key not in _FAMILIES:
-            raise ValueError(
-                f"`family` must be one of {sorted(_FAMILIES)}, got {family!r}"
-            )
-        fam = _FAMILIES[key]()
-    if link is not None and link != fam.link:
+        if link is not None and link != family.link:
+            raise ValueError(f"`link`={link!r} contradicts the link {family.link!r} of the "
+                             f"family object {family}; give the link in one place only")
+        return family
+    key = str(family).lower()
+    if key not in _FAMILIES:
         raise ValueError(
-            f"`link`={link!r} is not implemented for the {fam.name} family; "
-            f"available: {list(_LINKS[fam.name])}"
+            f"`family` must be one of {sorted(_FAMILIES)}, got {family!r}"
         )
-    return fam
+    if link is None:
+        return _FAMILIES[key]()
+    return _FAMILIES[key](link=link)

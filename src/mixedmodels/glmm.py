@@ -196,9 +196,9 @@ def _check_zero_denominators(formula: str, data: pd.DataFrame) -> None:
 
 
 def glmer_frame(formula: str, data: pd.DataFrame, family: str | Family = "binomial",
-                weights: str | np.ndarray | None = None) -> GlmerFrame:
+                weights: str | np.ndarray | None = None, link: str | None = None) -> GlmerFrame:
     """Stage 1: evaluate the formula and read the response (see :func:`glmer`)."""
-    fam = get_family(family)
+    fam = get_family(family, link)
     _check_zero_denominators(formula, data)
     ms = build_model(formula, data)
     if not ms.reterms:
@@ -306,6 +306,8 @@ class LaplaceObjective:
     log-likelihood is ``sum l(eta) - |u|^2/2 - log det(A)/2`` with
     ``A = I + Lambda' Z' W Z Lambda``. The gradient in ``(beta, theta)`` is analytic: it
     accounts for ``u_hat`` and ``W`` moving with the parameters (third derivatives of ``l``).
+    For a non-canonical link ``W`` in the determinant is the expected information, as lme4's
+    (see :mod:`mixedmodels.families`), while the mode moves with the observed one.
     """
 
     def __init__(self, frame: GlmerFrame):
@@ -401,24 +403,35 @@ class LaplaceObjective:
         W = -d2
         A = (ZL.T @ ZL.multiply(W[:, None])).toarray() + np.eye(self.q)
         L = np.linalg.cholesky(A)
+        if fam.canonical:
+            We, Le, e3 = W, L, d3
+        else:
+            # lme4's Laplace uses the expected information (its PIRLS weights) in the
+            # determinant; the observed one (A, L) still governs how the mode moves.
+            e2, e3 = fam.info_derivs(eta, y, m)
+            We = -e2
+            Ae = (ZL.T @ ZL.multiply(We[:, None])).toarray() + np.eye(self.q)
+            Le = np.linalg.cholesky(Ae)
         ll = float(np.sum(fam.loglik_rows(eta, y, m, self.frame.const)) - 0.5 * u @ u
-                   - np.sum(np.log(np.diag(L))))
+                   - np.sum(np.log(np.diag(Le))))
         self.nevals += 1
-        self.last = (u, L, ZL)
+        self.last = (u, Le, ZL)
         if not gradient:
             return ll, None
-        M = sla.solve_triangular(L, ZL.T.toarray(), lower=True)        # L^-1 ZL'  (q x n)
+        ZLt = ZL.T.toarray()
+        M = sla.solve_triangular(Le, ZLt, lower=True)                  # Le^-1 ZL'  (q x n)
         lev = np.sum(M * M, axis=0)
-        N = sla.solve_triangular(L.T, M, lower=False)                   # A^-1 ZL'
-        v = d3 * lev
-        g_beta = X.T @ (d1 + 0.5 * (v - W * (M.T @ (M @ v))))
+        N = sla.solve_triangular(Le.T, M, lower=False)                  # Ae^-1 ZL'
+        v = e3 * lev
+        Mo = M if fam.canonical else sla.solve_triangular(L, ZLt, lower=True)
+        g_beta = X.T @ (d1 + 0.5 * (v - W * (Mo.T @ (Mo @ v))))
         g_theta = np.empty(self.ntheta)
         for r, D in enumerate(self.dZL):
             Du = D @ u
             du = sla.cho_solve((L, True), D.T @ d1 - ZL.T @ (W * Du))
             deta = Du + ZL @ du
             DN = np.asarray(D.multiply(N.T).sum(axis=1)).ravel()
-            g_theta[r] = d1 @ Du - W @ DN + 0.5 * v @ deta
+            g_theta[r] = d1 @ Du - We @ DN + 0.5 * v @ deta
         return ll, np.concatenate([g_beta, g_theta])
 
     def modes(self, params):
@@ -551,8 +564,10 @@ def _default_start(frame: GlmerFrame, obj) -> np.ndarray:
             N = np.bincount(t.codes, frame.m, t.nlevels)
             fixed = np.bincount(t.codes, (frame.ms.X @ beta) * frame.m, t.nlevels)
             ok = N > 0
-            if frame.family.name == "binomial":
+            if frame.family.name == "binomial" and frame.family.link == "logit":
                 e = np.log((S[ok] + 0.5) / (N[ok] - S[ok] + 0.5))
+            elif frame.family.name == "binomial":
+                e = frame.family.linkfun((S[ok] + 0.5) / (N[ok] + 1.0))
             else:
                 e = np.log((S[ok] + 0.5) / N[ok])
             e = e - fixed[ok] / N[ok]
@@ -842,7 +857,7 @@ def _fit_at(frame, nagq, start=None, obj=None, hessian=None):
 
 def glmer(formula: str, data: pd.DataFrame, family: str | Family = "binomial",
           weights: str | np.ndarray | None = None, nagq: int | str = "auto",
-          start: np.ndarray | None = None) -> "GlmerResult":
+          start: np.ndarray | None = None, link: str | None = None) -> "GlmerResult":
     """Fit a generalized linear mixed model by maximum likelihood.
 
     Parameters
@@ -856,7 +871,8 @@ def glmer(formula: str, data: pd.DataFrame, family: str | Family = "binomial",
     data : pandas.DataFrame
         Not modified.
     family : {"binomial", "poisson"} or Family
-        Logit link for the binomial, log link for the Poisson.
+        The family, or a family object with its link, as R's ``binomial(link = "probit")``:
+        ``mixedmodels.families.binomial(link="probit")``.
     weights : str or array, optional
         Prior weights (binomial: numbers of trials), a column name or an array.
     nagq : int or "auto"
@@ -867,6 +883,10 @@ def glmer(formula: str, data: pd.DataFrame, family: str | Family = "binomial",
         Laplace.
     start : array, optional
         Starting ``(beta, theta)``.
+    link : {"logit", "probit", "cloglog"} or {"log"}, optional
+        The link, default the canonical one (logit for the binomial, log for the Poisson).
+        For probit and cloglog the Laplace approximation and the quadrature nodes are scaled
+        by the expected information, as lme4 does, so ``nagq=1`` gives lme4's Laplace fit.
 
     Returns
     -------
@@ -885,13 +905,15 @@ def glmer(formula: str, data: pd.DataFrame, family: str | Family = "binomial",
     >>> import mixedmodels as mm
     >>> fit = mm.glmer("clicks/expos ~ display + (1 | id)", mm.load_ctr(), weights="expos",
     ...                nagq=10)                                      # doctest: +SKIP
+    >>> fit = mm.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", cbpp,
+    ...                family=mm.families.binomial(link="probit"))      # doctest: +SKIP
     """
     with single_thread_blas():
-        return _glmer(formula, data, family, weights, nagq, start)
+        return _glmer(formula, data, family, weights, nagq, start, link)
 
 
-def _glmer(formula, data, family, weights, nagq, start):
-    frame = glmer_frame(formula, data, family, weights)
+def _glmer(formula, data, family, weights, nagq, start, link=None):
+    frame = glmer_frame(formula, data, family, weights, link)
     auto = isinstance(nagq, str)
     if auto and nagq != "auto":
         raise ValueError(f"`nagq` must be a whole number >= 1 or 'auto', got {nagq!r}")
@@ -1189,7 +1211,8 @@ class GlmerResult:
             sd = np.sqrt(self._re_sd_rows(terms, Zs))
             # Trapezoid on a fine fixed grid, not Gauss-Hermite: expit(eta + sd u) has poles
             # pi/sd from the real axis, which slows Gauss-Hermite badly when sd is large,
-            # while the trapezoid rule's error stays ~exp(-2 pi^2 / (sd h)).
+            # while the trapezoid rule's error stays ~exp(-2 pi^2 / (sd h)). (The probit's and
+            # cloglog's inverse links are entire functions; the same grid serves them.)
             grid = np.linspace(-12.0, 12.0, 4001)
             w = norm.pdf(grid) * (grid[1] - grid[0])
             w[[0, -1]] *= 0.5
@@ -1381,5 +1404,7 @@ class GlmerResult:
                             correlation=C, notes=notes)
 
     def __repr__(self) -> str:
-        return (f"<GlmerResult {self.formula!r} {self.family.name}, nagq={self.nagq}, "
+        fam = self.family.name if self.family.canonical else \
+            f"{self.family.name}({self.family.link})"
+        return (f"<GlmerResult {self.formula!r} {fam}, nagq={self.nagq}, "
                 f"logLik={self.loglik:.3f}>")
