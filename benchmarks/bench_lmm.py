@@ -26,18 +26,9 @@ import pandas as pd
 from mixedmodels.lmm import lmer
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT / "tests" / "fixtures"
-GAUSSIAN = ["dyestuff_reml", "dyestuff_ml", "sleepstudy_slopes", "sleepstudy_uncorrelated",
-            "penicillin_crossed", "pastes_nested"]
-
-
-def load_reference(name: str) -> tuple[dict, pd.DataFrame]:
-    ref = json.loads((FIXTURES / "lme4" / f"{name}.json").read_text())
-    df = pd.read_csv(FIXTURES / ref["data"])
-    factors = ref["factors"] if isinstance(ref["factors"], list) else [ref["factors"]]
-    for f in factors:
-        df[f] = df[f].astype(str)
-    return ref, df
+# The reference fixtures and their loader are the accuracy tests'; time the same fits.
+sys.path.insert(0, str(ROOT / "tests"))
+from test_lmm_reference import GAUSSIAN, load_reference  # noqa: E402
 
 
 def simulate_crossed(n: int = 70_000, levels: tuple[int, ...] = (3000, 1100, 14), seed: int = 20260101) -> pd.DataFrame:
