@@ -11,7 +11,6 @@ The figures are for the machine that runs it; the targets were set for a 2-core 
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import resource
