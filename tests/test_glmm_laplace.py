@@ -63,7 +63,7 @@ def test_vector_term_fit():
 def test_a_non_optimum_is_reported():
     frame = cbpp_frame()
     obj = G.make_objective(frame, 5)
-    opt = G.OptSummary(initial=np.zeros(5), final=np.array([-1.0, -0.5, -1.0, -1.5, 0.3]),
+    opt = G.GlmerOptSummary(initial=np.zeros(5), final=np.array([-1.0, -0.5, -1.0, -1.5, 0.3]),
                        loglik=np.nan, optimizer="none", nevals=0, newton_steps=0, message="")
     opt = G.check_optimum(obj, opt)
     assert not opt.converged

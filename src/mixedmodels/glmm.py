@@ -37,6 +37,7 @@ from .agq import agq_chunk, make_chunks
 from .families import Family, get_family
 from .formula import ModelStructure, build_model
 from .quadrature import gauss_hermite
+from .results import ConvergenceWarning
 from .summary import ModelSummary, random_effects_table, residual_quantiles
 
 # One BLAS thread while fitting: a busy 2-core machine makes threaded BLAS crawl.
@@ -44,7 +45,7 @@ from .lmm import single_thread_blas
 
 __all__ = [
     "glmer", "glmer_frame", "make_objective", "optimize_glmer", "check_optimum",
-    "GlmerFrame", "GlmerResult", "OptSummary", "QuadratureWarning", "ConvergenceWarning",
+    "GlmerFrame", "GlmerResult", "GlmerOptSummary", "QuadratureWarning", "ConvergenceWarning",
 ]
 
 AUTO_LADDER = (10, 20, 40, 80, 160, 320)
@@ -62,10 +63,6 @@ WARMUP_GROUPS = 10_000
 
 class QuadratureWarning(UserWarning):
     """The quadrature rule is too coarse for this fit's log-likelihood."""
-
-
-class ConvergenceWarning(UserWarning):
-    """The optimizer's answer failed a check of the optimum."""
 
 
 # =========================================================================================
@@ -493,7 +490,7 @@ def make_objective(frame: GlmerFrame, nagq: int):
 
 
 @dataclass
-class OptSummary:
+class GlmerOptSummary:
     """What the optimizer did (like MixedModels.jl's ``OptSummary``).
 
     Attributes
@@ -691,7 +688,7 @@ def _newton_polish(obj, x, ll, g, free, H=None, maxsteps=10):
 
 
 def optimize_glmer(obj, start: np.ndarray, fixed: dict[int, float] | None = None,
-                   hessian: np.ndarray | None = None) -> OptSummary:
+                   hessian: np.ndarray | None = None) -> GlmerOptSummary:
     """Stage 3: maximize the log-likelihood from ``start``.
 
     A quasi-Newton phase on the analytic gradient (BHHH for the scalar kernel, whose per-group
@@ -737,7 +734,7 @@ def optimize_glmer(obj, start: np.ndarray, fixed: dict[int, float] | None = None
     if g is None:  # the start itself failed to evaluate
         raise FloatingPointError("the log-likelihood could not be evaluated at the start")
     x, ll, g, steps, H, x_H = _newton_polish(obj, x, ll, g, free, H=H0)
-    opt = OptSummary(initial=np.asarray(start, dtype=float), final=x, loglik=ll,
+    opt = GlmerOptSummary(initial=np.asarray(start, dtype=float), final=x, loglik=ll,
                      optimizer="BHHH + Newton" if message.startswith("BHHH") else "BFGS + Newton",
                      nevals=obj.nevals - n0, newton_steps=steps,
                      message=message, gradient=g)
@@ -746,7 +743,7 @@ def optimize_glmer(obj, start: np.ndarray, fixed: dict[int, float] | None = None
     return opt
 
 
-def check_optimum(obj, opt: OptSummary, tol_decrement: float = 1e-5) -> OptSummary:
+def check_optimum(obj, opt: GlmerOptSummary, tol_decrement: float = 1e-5) -> GlmerOptSummary:
     """Stage 4: is ``opt.final`` a maximum? Fills the Hessian, decrement and verdict.
 
     The Newton decrement ``g' H^-1 g / 2`` (the log-likelihood a Newton step would still
@@ -999,12 +996,12 @@ class GlmerResult:
         Whether more points leave the log-likelihood unchanged (scalar models).
     converged : bool
     singular : bool
-    opt : OptSummary
+    opt : GlmerOptSummary
     notes : list of str
         Warnings about this fit (also printed by ``summary()``).
     """
 
-    def __init__(self, frame: GlmerFrame, obj, opt: OptSummary, nagq: int, auto=False,
+    def __init__(self, frame: GlmerFrame, obj, opt: GlmerOptSummary, nagq: int, auto=False,
                  history=None):
         self.frame, self._obj, self.opt = frame, obj, opt
         self.model = frame.ms
@@ -1146,7 +1143,7 @@ class GlmerResult:
                 for g, v1, v2, _, _ in self._sd_rows()]
 
     @property
-    def optsum(self) -> OptSummary:
+    def optsum(self) -> GlmerOptSummary:
         """The optimizer's record (the LMM's name for it)."""
         return self.opt
 

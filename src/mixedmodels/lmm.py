@@ -37,7 +37,7 @@ from threadpoolctl import ThreadpoolController
 
 from . import _validate
 from .formula import ModelStructure, ReTerm, build_model
-from .results import OptSummary, check_convergence, theta_lower_bounds
+from .results import ConvergenceWarning, OptSummary, check_convergence, theta_lower_bounds
 from .summary import ModelSummary, random_effects_table, residual_quantiles
 
 __all__ = ["lmer", "LinearMixedModel", "LMMProblem", "deviance_function", "optimize_theta"]
@@ -880,5 +880,5 @@ def lmer(formula: str, data: pd.DataFrame, reml: bool = True, *, start: np.ndarr
     if fit.singular:
         warnings.warn("boundary (singular) fit: a variance component is estimated as zero", UserWarning, stacklevel=2)
     if not fit.converged:
-        warnings.warn("the model " + optsum.convergence_message, UserWarning, stacklevel=2)
+        warnings.warn("the model " + optsum.convergence_message, ConvergenceWarning, stacklevel=2)
     return fit

@@ -12,7 +12,11 @@ from typing import Callable
 
 import numpy as np
 
-__all__ = ["OptSummary", "check_convergence", "theta_lower_bounds"]
+__all__ = ["ConvergenceWarning", "OptSummary", "check_convergence", "theta_lower_bounds"]
+
+
+class ConvergenceWarning(UserWarning):
+    """The optimizer's answer failed a check of the optimum (LMM and GLMM alike)."""
 
 
 @dataclass
