@@ -33,39 +33,18 @@ import pandas as pd
 import scipy.linalg as sla
 import scipy.sparse as sp
 from scipy import optimize, stats
-from threadpoolctl import ThreadpoolController
 
 from . import _validate
+from .blas import single_thread_blas
+from .covariance import tril_index as _tril_index
 from .formula import ModelStructure, ReTerm, build_model
+from .profile import profile_confint
 from .results import ConvergenceWarning, OptSummary, check_convergence, theta_lower_bounds
 from .summary import ModelSummary, random_effects_table, residual_quantiles
 
 __all__ = ["lmer", "LinearMixedModel", "LMMProblem", "deviance_function", "optimize_theta"]
 
 _LOG2PI = float(np.log(2 * np.pi))
-
-_THREADPOOLS = ThreadpoolController()
-
-
-def single_thread_blas():
-    """Context manager limiting BLAS to one thread while fitting.
-
-    Our matrices are small or moderate (the dense block is at most a few thousand wide), so a
-    multithreaded BLAS gains little and, on a busy 2-core machine, threads that wait for each
-    other can make a 1,000 x 1,000 Cholesky factorization 50 times slower.
-    """
-    return _THREADPOOLS.limit(limits=1, user_api="blas")
-
-
-def _tril_index(k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row and column indices of a k x k lower triangle in lme4's (column-wise) theta order."""
-    rows, cols = [], []
-    for j in range(k):
-        for i in range(j, k):
-            rows.append(i)
-            cols.append(j)
-    return np.array(rows), np.array(cols)
-
 
 def _term_sparse(term: ReTerm, n: int) -> sp.csr_matrix:
     """The term's n x (k * nlevels) indicator-times-columns matrix, level-major columns."""
@@ -750,6 +729,14 @@ class LinearMixedModel:
 
     # ---- intervals ---------------------------------------------------------------------
 
+    def ml_problem(self) -> tuple[LMMProblem, np.ndarray]:
+        """The ML objective and its optimum theta (a REML fit is refitted by ML), for profiling."""
+        if not self.reml:
+            return self.problem, np.asarray(self.theta, dtype=float)
+        problem = LMMProblem(self.model, reml=False)
+        opt = optimize_theta(problem, start=self.theta)
+        return problem, np.asarray(opt.final, dtype=float)
+
     def parameter_names(self) -> list[str]:
         """lme4's ``oldNames = FALSE`` names of the variance parameters, then sigma."""
         names = []
@@ -788,8 +775,6 @@ class LinearMixedModel:
             lo = np.concatenate([np.full(len(par), np.nan), self.fixef - z * self.se])
             hi = np.concatenate([np.full(len(par), np.nan), self.fixef + z * self.se])
             return pd.DataFrame({cols[0]: lo, cols[1]: hi}, index=par + list(self.fixef.index))
-        from .profile import profile_confint
-
         return profile_confint(self, level=level)
 
     # ---- summary -------------------------------------------------------------------------

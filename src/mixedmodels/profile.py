@@ -30,7 +30,8 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
-from .lmm import LMMProblem, _tril_index, optimize_theta, single_thread_blas
+from .blas import single_thread_blas
+from .covariance import tril_index as _tril_index
 
 if TYPE_CHECKING:
     from .lmm import LinearMixedModel
@@ -74,13 +75,7 @@ class Profiler:
 
     def __init__(self, fit: "LinearMixedModel"):
         self.fit = fit
-        if fit.reml:
-            self.problem = LMMProblem(fit.model, reml=False)
-            opt = optimize_theta(self.problem, start=fit.theta)
-            theta = np.asarray(opt.final, dtype=float)
-        else:
-            self.problem = fit.problem
-            theta = np.asarray(fit.theta, dtype=float)
+        self.problem, theta = fit.ml_problem()
         pr = self.problem
         self.theta_hat = theta
         comps = pr.components(theta)

@@ -1,0 +1,158 @@
+"""Stage 2 of ``glmer``: the log-likelihood as a function of ``(beta, theta)``.
+
+:class:`ScalarObjective` is the scalar kernel (:mod:`mixedmodels.agq`, adaptive Gauss-Hermite,
+any number of points) for a single scalar random-effect term; :func:`make_objective` picks it or
+the Laplace objective (PIRLS) for any other structure. The starting values live here too, as
+they depend on the objective. The ``nagq="auto"`` ladder that drives the scalar kernel over
+more and more points is :mod:`mixedmodels.glmm_nagq`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .agq import agq_chunk, make_chunks
+from .glmm_frame import GlmerFrame
+from .laplace import LaplaceObjective
+
+__all__ = ["ScalarObjective", "make_objective"]
+
+
+class ScalarObjective:
+    """Log-likelihood of a model with one scalar random-effect term, by AGQ.
+
+    Parameters are ``(beta, sigma)``. Data are kept as chunks of whole groups so that the
+    kernel's peak memory stays bounded; the conditional modes of the last evaluation warm-start
+    the next one.
+    """
+
+    def __init__(self, frame: GlmerFrame, nagq: int, max_rows: int = 200_000,
+                 groups: np.ndarray | None = None):
+        ms = frame.ms
+        t = ms.reterms[0]
+        self.frame, self.family, self.nagq = frame, frame.family, int(nagq)
+        self.p = ms.p
+        self.nparams = ms.p + 1
+        X, y, m, z, c, codes = ms.X, frame.y, frame.m, t.Z[:, 0], frame.const, t.codes
+        ngroups = t.nlevels
+        if groups is not None:
+            # A subset of whole groups (the warm-up fit on large data sets).
+            keep = np.zeros(ngroups, dtype=bool)
+            keep[groups] = True
+            rows = keep[codes]
+            newcode = np.cumsum(keep) - 1
+            X, y, m, z, c, codes = X[rows], y[rows], m[rows], z[rows], c[rows], newcode[codes[rows]]
+            ngroups = int(keep.sum())
+        self.ngroups = ngroups
+        self.chunks, self.order = make_chunks(X, y, m, z, np.zeros(len(y)), c, codes, ngroups,
+                                              max_rows=max_rows)
+        self._warm = [None] * len(self.chunks)
+        self.nevals = 0
+        self.last = None
+
+    def lower(self) -> np.ndarray:
+        return np.concatenate([np.full(self.p, -np.inf), [0.0]])
+
+    def reset(self) -> None:
+        """Forget the warm starts (after a failed evaluation)."""
+        self._warm = [None] * len(self.chunks)
+
+    def evaluate(self, params: np.ndarray, gradient: bool = True, nagq: int | None = None,
+                 keep: bool = True, opg: bool = False):
+        params = np.asarray(params, dtype=float)
+        beta, sigma = params[:self.p], float(params[self.p])
+        total = None
+        for i, ch in enumerate(self.chunks):
+            r = agq_chunk(beta, sigma, ch, self.family, nagq or self.nagq, u0=self._warm[i],
+                          gradient=gradient or opg, opg=opg)
+            if keep and np.all(np.isfinite(r.u_hat)):
+                self._warm[i] = r.u_hat
+            total = r if total is None else total + r
+        self.nevals += 1
+        if keep:
+            self.last = total
+        if opg:
+            return total.loglik, total.grad, total.opg
+        if gradient:
+            return total.loglik, total.grad
+        return total.loglik, None
+
+    def modes(self, params):
+        """Conditional modes ``b`` and their conditional SDs, per level."""
+        _, _ = self.evaluate(params, gradient=False)
+        sigma = float(params[self.p])
+        r = self.last
+        return sigma * r.u_hat, sigma / np.sqrt(r.h)
+
+
+def make_objective(frame: GlmerFrame, nagq: int):
+    """Stage 2: the log-likelihood (and gradient) as a function of ``(beta, theta)``.
+
+    Raises
+    ------
+    ValueError
+        ``nagq > 1`` with several or vector random-effect terms: adaptive quadrature's cost
+        grows as ``nagq ** (number of random effects per group)`` and, with crossed terms, the
+        integral no longer splits into one small integral per group, so (like lme4) we offer
+        it only for a single scalar term.
+    """
+    if frame.scalar:
+        return ScalarObjective(frame, nagq)
+    if nagq != 1:
+        terms = ", ".join(str(t.spec) for t in frame.ms.reterms)
+        raise ValueError(
+            f"nagq={nagq} (adaptive Gauss-Hermite quadrature) needs a single scalar random-effect "
+            f"term such as (1 | g); this model has {terms}. With several terms, or a vector "
+            "term, the integral over the random effects does not split into one-dimensional "
+            "integrals per group, and a product rule would cost nagq ** dimension points. "
+            "Use nagq=1 (Laplace).")
+    return LaplaceObjective(frame)
+
+
+def _glm_start(frame: GlmerFrame) -> np.ndarray:
+    """Fixed effects of the GLM without random effects (IRLS), the optimizer's start."""
+    X, y, m, fam = frame.ms.X, frame.y, frame.m, frame.family
+    mu0 = (m * y + 0.5) / (m + 1.0) if fam.name == "binomial" else y + 0.1
+    eta = fam.linkfun(mu0)
+    beta = np.linalg.lstsq(X, eta, rcond=None)[0]
+    for _ in range(50):
+        eta = X @ beta
+        d1, d2 = fam.derivs(eta, y, m)
+        w = -d2 + 1e-10
+        step = np.linalg.lstsq(X * np.sqrt(w)[:, None], d1 / np.sqrt(w), rcond=None)[0]
+        beta = beta + step
+        if np.max(np.abs(step)) < 1e-8:
+            break
+    # A separated GLM drifts to huge values; keep the start sane.
+    return np.clip(beta, -30, 30)
+
+
+def _default_start(frame: GlmerFrame, obj) -> np.ndarray:
+    beta = _glm_start(frame)
+    if isinstance(obj, ScalarObjective):
+        t = frame.ms.reterms[0]
+        if np.all(t.Z[:, 0] == 1.0):
+            # Random intercept: start from the groups' empirical link values (0.5 added
+            # against log(0)), their mean shifting the intercept and their SD as sigma. A
+            # GLM start (sigma = 1) is far off when groups differ a lot, and costs the
+            # optimizer several steps to walk sigma up.
+            S = np.bincount(t.codes, frame.y * frame.m, t.nlevels)
+            N = np.bincount(t.codes, frame.m, t.nlevels)
+            fixed = np.bincount(t.codes, (frame.ms.X @ beta) * frame.m, t.nlevels)
+            ok = N > 0
+            if frame.family.name == "binomial" and frame.family.link == "logit":
+                e = np.log((S[ok] + 0.5) / (N[ok] - S[ok] + 0.5))
+            elif frame.family.name == "binomial":
+                e = frame.family.linkfun((S[ok] + 0.5) / (N[ok] + 1.0))
+            else:
+                e = np.log((S[ok] + 0.5) / N[ok])
+            e = e - fixed[ok] / N[ok]
+            sd = float(np.std(e))
+            icpt = [j for j, nm in enumerate(frame.ms.xnames) if nm == "(Intercept)"]
+            if np.isfinite(sd) and sd > 0.1 and icpt:
+                beta = beta.copy()
+                beta[icpt[0]] += float(np.mean(e))
+                return np.concatenate([beta, [sd]])
+        return np.concatenate([beta, [1.0]])
+    theta = np.array([1.0 if a == b else 0.0 for (_, a, b) in obj.th_index])
+    return np.concatenate([beta, theta])

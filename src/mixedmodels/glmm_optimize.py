@@ -1,0 +1,289 @@
+"""Stages 3-4 of ``glmer``: maximize the log-likelihood (BHHH or BFGS, then Newton steps on a
+finite-difference Hessian of the analytic gradient) and check the optimum (gradient, Newton
+decrement, curvature). :class:`GlmerOptSummary` is the optimizer's record.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.optimize as sopt
+
+from .glmm_objective import ScalarObjective
+
+__all__ = ["GlmerOptSummary", "optimize_glmer", "check_optimum"]
+
+
+@dataclass
+class GlmerOptSummary:
+    """What the optimizer did (like MixedModels.jl's ``OptSummary``).
+
+    Attributes
+    ----------
+    initial, final : ndarray
+        Parameters ``(beta, theta)`` at start and end.
+    loglik : float
+        Final log-likelihood.
+    optimizer : str
+    nevals : int
+        Objective evaluations.
+    newton_steps : int
+        Newton polishing steps taken after the quasi-Newton phase.
+    message : str
+        The optimizer's return message.
+    gradient : ndarray
+        Gradient of the log-likelihood at the end.
+    hessian : ndarray
+        Negative Hessian of the log-likelihood (finite differences of the analytic gradient).
+    newton_decrement : float
+        ``g' H^-1 g / 2``: the log-likelihood a further Newton step would gain.
+    converged : bool
+    convergence_message : str
+    """
+
+    initial: np.ndarray
+    final: np.ndarray
+    loglik: float
+    optimizer: str
+    nevals: int
+    newton_steps: int
+    message: str
+    gradient: np.ndarray | None = None
+    hessian: np.ndarray | None = None
+    newton_decrement: float = np.nan
+    converged: bool = False
+    convergence_message: str = ""
+
+
+def _hessian(obj, x: np.ndarray, free: np.ndarray | None = None) -> np.ndarray:
+    """Negative Hessian of the log-likelihood (central differences of the analytic gradient),
+    over the ``free`` parameters."""
+    free = np.arange(len(x)) if free is None else free
+    k = len(free)
+    H = np.empty((k, k))
+    for c, j in enumerate(free):
+        h = 1e-4 * max(1.0, abs(x[j]))
+        xp, xm = x.copy(), x.copy()
+        xp[j] += h
+        xm[j] -= h
+        gp = obj.evaluate(xp)[1]
+        gm = obj.evaluate(xm)[1]
+        H[:, c] = -(gp - gm)[free] / (2 * h)
+    obj._at_x = (x.copy(), *obj.evaluate(x))  # leaves the warm starts at x, saves a pass
+    return 0.5 * (H + H.T)
+
+
+def _safe_evaluate(obj, x):
+    """Evaluate, turning overflow and failed factorizations (wild trial points of a line
+    search) into a log-likelihood of -inf that the optimizer backs away from."""
+    try:
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            ll, g = obj.evaluate(x)
+    except (np.linalg.LinAlgError, FloatingPointError, ValueError):
+        obj.reset()
+        return -np.inf, None
+    if not np.isfinite(ll) or g is None or not np.all(np.isfinite(g)):
+        obj.reset()
+        return -np.inf, None
+    return ll, g
+
+
+def _bhhh(obj, x0, free, maxiter=100, tol=1e-6):
+    """BHHH ascent: Newton-like steps with the summed outer products of the groups' scores as
+    the information. With many independent groups this is close to the Fisher information,
+    so a handful of steps (one kernel pass each, no finite differences) nears the optimum;
+    Newton steps on the true Hessian finish the job."""
+    x = x0.copy()
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        ll, g, B = obj.evaluate(x, opg=True)
+    if not np.isfinite(ll):
+        raise FloatingPointError("the log-likelihood could not be evaluated at the start")
+    for it in range(maxiter):
+        gf, Bf = g[free], B[np.ix_(free, free)]
+        Bf = Bf + 1e-8 * np.trace(Bf) / len(free) * np.eye(len(free))
+        step = np.linalg.solve(Bf, gf)
+        dec = float(gf @ step)
+        if dec < tol:
+            return x, f"BHHH converged ({it} steps)"
+        t = 1.0
+        while t > 1e-6:
+            xn = x.copy()
+            xn[free] = x[free] + t * step
+            try:
+                with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                    lln, gn, Bn = obj.evaluate(xn, opg=True)
+            except (np.linalg.LinAlgError, FloatingPointError, ValueError):
+                lln = -np.inf
+            if np.isfinite(lln) and lln >= ll:
+                break
+            obj.reset()
+            t *= 0.5
+        else:
+            return x, "BHHH line search failed"
+        x, ll, g, B = xn, lln, gn, Bn
+    return x, "BHHH iteration limit"
+
+
+def _newton_polish(obj, x, ll, g, free, H=None, maxsteps=10):
+    """Newton steps on the free parameters, reusing one Hessian while steps keep gaining."""
+    steps, fresh = 0, False
+    x_H = None
+    for _ in range(maxsteps):
+        if H is None:
+            H = _hessian(obj, x, free)
+            fresh = True
+            x_H = x.copy()
+        gf = g[free]
+        try:
+            step = np.linalg.solve(H, gf)
+        except np.linalg.LinAlgError:
+            break
+        if not np.all(np.isfinite(step)):
+            break
+        t, improved = 1.0, False
+        while t > 1e-3:
+            xn = x.copy()
+            xn[free] = x[free] + t * step
+            lln, gn = _safe_evaluate(obj, xn)
+            if np.isfinite(lln) and lln >= ll - 1e-10 * (1.0 + abs(ll)):
+                improved = True
+                break
+            t *= 0.5
+        if not improved:
+            obj.evaluate(x)
+            if fresh:
+                break
+            H = None  # a stale Hessian: refresh once and retry
+            continue
+        x, ll, g = xn, lln, gn
+        steps += 1
+        fresh = False
+        if np.max(np.abs(t * step) / (1.0 + np.abs(x[free]))) < 1e-10:
+            break
+    return x, ll, g, steps, H, x_H
+
+
+def optimize_glmer(obj, start: np.ndarray, fixed: dict[int, float] | None = None,
+                   hessian: np.ndarray | None = None) -> GlmerOptSummary:
+    """Stage 3: maximize the log-likelihood from ``start``.
+
+    A quasi-Newton phase on the analytic gradient (BHHH for the scalar kernel, whose per-group
+    scores give an information matrix for free; BFGS for the Laplace path), then Newton steps
+    on a finite-difference Hessian of that gradient until a step gains nothing. No bounds are needed: the likelihood depends on each
+    column of a covariance factor only up to its sign (``b`` and ``-b`` have the same
+    distribution), so a standard deviation may wander below zero and is reported as its
+    absolute value (:func:`_normalize`). ``fixed`` holds parameters at given values
+    (profiling). With ``hessian`` (the negative Hessian at a nearby optimum, e.g. the previous
+    rule's in ``nagq="auto"``) the quasi-Newton phase is skipped.
+    """
+    fixed = fixed or {}
+    free = np.array([j for j in range(obj.nparams) if j not in fixed], dtype=int)
+    x0 = np.asarray(start, dtype=float).copy()
+    for j, v in fixed.items():
+        x0[j] = v
+    n0 = obj.nevals
+
+    def full(xf):
+        x = x0.copy()
+        x[free] = xf
+        return x
+
+    def f(xf):
+        ll, g = _safe_evaluate(obj, full(xf))
+        if not np.isfinite(ll) or not np.all(np.isfinite(g)):
+            return 1e300, np.zeros(len(xf))
+        return -ll, -g[free]
+
+    if hessian is not None:
+        x, message = x0, "Newton from a nearby optimum"
+        ll, g = _safe_evaluate(obj, x)
+        H0 = hessian[np.ix_(free, free)]
+    elif isinstance(obj, ScalarObjective):
+        x, message = _bhhh(obj, x0, free)
+        ll, g = _safe_evaluate(obj, x)
+        H0 = None
+    else:
+        opts = {"maxiter": 1000, "gtol": 1e-4}
+        res = sopt.minimize(f, x0[free], jac=True, method="BFGS", options=opts)
+        x, message, H0 = full(res.x), str(res.message), None
+        ll, g = _safe_evaluate(obj, x)
+    if g is None:  # the start itself failed to evaluate
+        raise FloatingPointError("the log-likelihood could not be evaluated at the start")
+    x, ll, g, steps, H, x_H = _newton_polish(obj, x, ll, g, free, H=H0)
+    opt = GlmerOptSummary(initial=np.asarray(start, dtype=float), final=x, loglik=ll,
+                     optimizer="BHHH + Newton" if message.startswith("BHHH") else "BFGS + Newton",
+                     nevals=obj.nevals - n0, newton_steps=steps,
+                     message=message, gradient=g)
+    if x_H is not None and len(free) == obj.nparams:
+        opt._hessian_at = (x_H, H)
+    return opt
+
+
+def check_optimum(obj, opt: GlmerOptSummary, tol_decrement: float = 1e-5) -> GlmerOptSummary:
+    """Stage 4: is ``opt.final`` a maximum? Fills the Hessian, decrement and verdict.
+
+    The Newton decrement ``g' H^-1 g / 2`` (the log-likelihood a Newton step would still
+    gain) must be below ``tol_decrement`` and ``H`` (the negative Hessian) positive definite,
+    except along a standard deviation at zero (a singular fit), where the curvature may
+    vanish.
+    """
+    x = _normalize(obj, opt.final)
+    cached = getattr(opt, "_hessian_at", None)
+    if (cached is not None and np.array_equal(cached[0], opt.final)
+            or cached is not None and np.all(x == opt.final)
+            and np.max(np.abs(cached[0] - x) / (1.0 + np.abs(x))) < 1e-4):
+        # The Newton phase's Hessian, computed within 1e-4 of here: good for SEs to ~1e-4.
+        H = cached[1]
+    else:
+        H = _hessian(obj, x)
+    at = getattr(obj, "_at_x", None)
+    if at is not None and np.array_equal(at[0], x):
+        ll, g = at[1], at[2]
+    else:
+        ll, g = obj.evaluate(x)
+    msgs = []
+    ok = True
+    sd_idx = _sd_indices(obj)
+    zero_sd = [j for j in sd_idx if abs(x[j]) < 1e-4]
+    act = np.array([j for j in range(len(x)) if j not in zero_sd], dtype=int)
+    Ha = H[np.ix_(act, act)]
+    try:
+        np.linalg.cholesky(Ha)
+        dec = float(0.5 * g[act] @ np.linalg.solve(Ha, g[act]))
+    except np.linalg.LinAlgError:
+        ok = False
+        dec = np.nan
+        msgs.append("the Hessian is not positive definite at the final point (not a maximum, "
+                    "or a flat direction: check for complete separation)")
+    if ok and not dec <= tol_decrement:
+        ok = False
+        msgs.append(f"a Newton step would still raise the log-likelihood by {dec:.3g} "
+                    f"(largest gradient {np.max(np.abs(g[act])):.3g}): not at the optimum")
+    opt.final = x
+    opt.hessian, opt.gradient, opt.newton_decrement, opt.loglik = H, g, dec, ll
+    opt.converged = ok
+    opt.convergence_message = ("; ".join(msgs) if msgs
+                               else "gradient ~ 0 and Hessian positive definite")
+    return opt
+
+
+def _sd_indices(obj) -> list[int]:
+    """Positions of the covariance factors' diagonal entries in ``(beta, theta)``."""
+    if isinstance(obj, ScalarObjective):
+        return [obj.p]
+    return [obj.p + r for r, (_, a, b) in enumerate(obj.th_index) if a == b]
+
+
+def _normalize(obj, x: np.ndarray) -> np.ndarray:
+    """Flip signs so every covariance factor has a non-negative diagonal (same likelihood)."""
+    x = np.array(x, dtype=float)
+    if isinstance(obj, ScalarObjective):
+        x[obj.p] = abs(x[obj.p])
+        return x
+    for r, (ti, a, b) in enumerate(obj.th_index):
+        if a == b and x[obj.p + r] < 0:
+            for r2, (tj, a2, b2) in enumerate(obj.th_index):
+                if tj == ti and b2 == b:
+                    x[obj.p + r2] = -x[obj.p + r2]
+    return x

@@ -1,0 +1,447 @@
+"""Stage 5 of ``glmer``: the fitted GLMM (:class:`GlmerResult`), with accessors like the
+LMM's, ``summary()``, ``predict()`` and ``confint()``.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import scipy.optimize as sopt
+from scipy.stats import norm
+
+from .blas import single_thread_blas
+from .glmm_frame import GlmerFrame
+from .glmm_objective import ScalarObjective
+from .glmm_optimize import GlmerOptSummary, optimize_glmer
+from .summary import ModelSummary, random_effects_table, residual_quantiles
+
+__all__ = ["GlmerResult"]
+
+
+class GlmerResult:
+    """A fitted GLMM. Accessors match the LMM's result.
+
+    Attributes
+    ----------
+    fixef : Series
+    se : Series
+    vcov : DataFrame
+    theta : ndarray
+    loglik, aic, bic, deviance : float
+    nagq : int
+        Quadrature points of the final fit (1 = Laplace).
+    quadrature_converged : bool or None
+        Whether more points leave the log-likelihood unchanged (scalar models).
+    converged : bool
+    singular : bool
+    opt : GlmerOptSummary
+    notes : list of str
+        Warnings about this fit (also printed by ``summary()``).
+    """
+
+    def __init__(self, frame: GlmerFrame, obj, opt: GlmerOptSummary, nagq: int, auto=False,
+                 history=None):
+        self.frame, self._obj, self.opt = frame, obj, opt
+        self.model = frame.ms
+        self.nagq, self.auto = int(nagq), auto
+        self.history = history or []
+        self.family = frame.family
+        ms = frame.ms
+        self.formula = ms.formula
+        self.xnames = list(ms.xnames)
+        p = ms.p
+        x = opt.final
+        self._params = x.copy()
+        self.theta = x[p:].copy()
+        self.fixef = pd.Series(x[:p], index=self.xnames, name="Estimate")
+        self.loglik = float(opt.loglik)
+        self.loglik_check: tuple[int, float] | None = None
+        self.quadrature_converged: bool | None = None
+        self.notes: list[str] = []
+        H = opt.hessian
+        try:
+            cov = np.linalg.inv(H)
+        except (np.linalg.LinAlgError, TypeError):
+            cov = np.full((len(x), len(x)), np.nan)
+        self._cov_all = cov
+        V = cov[:p, :p]
+        self.vcov = pd.DataFrame(V, index=self.xnames, columns=self.xnames)
+        with np.errstate(invalid="ignore"):
+            self.se = pd.Series(np.sqrt(np.diag(V)), index=self.xnames, name="Std. Error")
+        self.converged = bool(opt.converged)
+
+    # ---- counts and criteria ---------------------------------------------------------
+    @property
+    def nobs(self) -> int:
+        return self.frame.n
+
+    @property
+    def ngroups(self) -> dict[str, int]:
+        out = {}
+        for t in self.frame.ms.reterms:
+            out.setdefault(t.group, t.nlevels)
+        return out
+
+    @property
+    def npar(self) -> int:
+        return len(self._params)
+
+    @property
+    def deviance(self) -> float:
+        """``-2 loglik`` (as lme4's ``deviance`` column of the summary)."""
+        return -2.0 * self.loglik
+
+    @property
+    def aic(self) -> float:
+        return -2.0 * self.loglik + 2 * self.npar
+
+    @property
+    def bic(self) -> float:
+        return -2.0 * self.loglik + self.npar * np.log(self.nobs)
+
+    @property
+    def df_resid(self) -> int:
+        return self.nobs - self.npar
+
+    @property
+    def singular(self) -> bool:
+        """A variance factor at (or within 1e-4 of) zero, as lme4's ``isSingular``."""
+        obj = self._obj
+        if isinstance(obj, ScalarObjective):
+            return bool(self.theta[0] < 1e-4)
+        diag = [r for r, (_, a, b) in enumerate(obj.th_index) if a == b]
+        return bool(np.any(self.theta[diag] < 1e-4))
+
+    # ---- random effects ---------------------------------------------------------------
+    def _sd_rows(self):
+        """(group, var1, var2, vcov, sdcor) rows of the random-effects covariance."""
+        rows = []
+        obj = self._obj
+        if isinstance(obj, ScalarObjective):
+            t = self.frame.ms.reterms[0]
+            s = float(self.theta[0])
+            rows.append((t.group, t.cnames[0], None, s * s, s))
+            return rows
+        for ti, t in enumerate(obj.terms):
+            T = obj._T(self.theta, ti)
+            S = T @ T.T
+            sd = np.sqrt(np.diag(S))
+            for a in range(t.k):
+                rows.append((t.group, t.cnames[a], None, S[a, a], sd[a]))
+            for b in range(t.k):
+                for a in range(b + 1, t.k):
+                    c = S[a, b] / (sd[a] * sd[b]) if sd[a] * sd[b] > 0 else np.nan
+                    rows.append((t.group, t.cnames[b], t.cnames[a], S[a, b], c))
+        return rows
+
+    def varcorr(self) -> pd.DataFrame:
+        """Variance components shaped like R's ``as.data.frame(VarCorr(fit))`` (as the LMM's).
+
+        Columns group, var1, var2, vcov, sdcor: one row per variance (sdcor the SD), then one
+        per covariance (sdcor the correlation). No residual row: binomial and Poisson have
+        no scale parameter.
+        """
+        return pd.DataFrame(self._sd_rows(), columns=["group", "var1", "var2", "vcov", "sdcor"])
+
+    def _re_matrices(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per term: conditional modes ``b`` (levels x k) and their conditional SDs."""
+        obj = self._obj
+        if isinstance(obj, ScalarObjective):
+            b, sd = obj.modes(self._params)
+            return [(b[:, None], sd[:, None])]
+        return obj.modes(self._params)
+
+    def ranef(self, condvar: bool = True) -> pd.DataFrame:
+        """Conditional modes of the random effects, long format (as the LMM's ``ranef``).
+
+        Parameters
+        ----------
+        condvar : bool
+            Add ``condsd``: the conditional SD of each effect at the estimates (lme4's
+            ``condVar``; for a scalar term ``sigma / sqrt(-g''(u_hat))``).
+
+        Returns
+        -------
+        DataFrame
+            Columns group, term, level, value (and condsd), as R's
+            ``as.data.frame(ranef(fit))``; select a factor with ``df[df.group == "id"]``.
+        """
+        frames: dict[str, list[pd.DataFrame]] = {}
+        for t, (b, sd) in zip(self.frame.ms.reterms, self._re_matrices()):
+            for j, cname in enumerate(t.cnames):
+                d = {"group": t.group, "term": cname, "level": t.levels, "value": b[:, j]}
+                if condvar:
+                    d["condsd"] = sd[:, j]
+                frames.setdefault(t.group, []).append(pd.DataFrame(d))
+        return pd.concat([f for fs in frames.values() for f in fs], ignore_index=True)
+
+    def parameter_names(self) -> list[str]:
+        """lme4's names of the variance parameters (``sd_(Intercept)|id``, ``cor_x.y|g``)."""
+        return [f"sd_{v1}|{g}" if v2 is None else f"cor_{v2}.{v1}|{g}"
+                for g, v1, v2, _, _ in self._sd_rows()]
+
+    @property
+    def optsum(self) -> GlmerOptSummary:
+        """The optimizer's record (the LMM's name for it)."""
+        return self.opt
+
+    # ---- prediction ---------------------------------------------------------------------
+    def _re_sd_rows(self, terms, Zs):
+        """Per-row variance of the random part ``sum_t z_t' b_t`` under the model."""
+        obj = self._obj
+        var = np.zeros(len(Zs[0]))
+        for ti, (t, Z) in enumerate(zip(terms, Zs)):
+            if isinstance(obj, ScalarObjective):
+                S = np.array([[self.theta[0] ** 2]])
+            else:
+                T = obj._T(self.theta, ti)
+                S = T @ T.T
+            var += np.einsum("ij,jk,ik->i", Z, S, Z)
+        return var
+
+    def predict(self, newdata: pd.DataFrame | None = None, type: str = "link",
+                population_average: bool = False, include_random: bool = True) -> pd.Series:
+        """Predictions on the link or the response scale.
+
+        Parameters
+        ----------
+        newdata : DataFrame, optional
+            Defaults to the fitted data. Levels not seen in the fit get random effect 0.
+        type : {"link", "response"}
+        population_average : bool
+            With ``type="response"``: the mean response of a *random* member of the
+            population at these covariates, ``E[g^-1(x'beta + z'b)]`` integrated over the
+            random effects' distribution (lme4 issue #281). ``g^-1(x'beta)``, the response at
+            ``b = 0``, is far below it when the random-effect SD is large.
+        include_random : bool
+            False sets every random effect to 0 (lme4's ``re.form = NA``), as the LMM's
+            ``predict``.
+
+        Returns
+        -------
+        Series
+            Indexed like ``newdata`` (or the rows used in the fit).
+        """
+        if type not in ("link", "response"):
+            raise ValueError(f"`type` must be 'link' or 'response', got {type!r}")
+        if population_average and type != "response":
+            raise ValueError("`population_average=True` needs type='response' (on the link scale "
+                             "the population average is x'beta: use include_random=False)")
+        ms = self.frame.ms
+        terms = ms.reterms
+        if newdata is None:
+            X = ms.X
+            codes = [t.codes for t in terms]
+            Zs = [t.Z for t in terms]
+            index = ms.rows
+        else:
+            if not isinstance(newdata, pd.DataFrame):
+                raise ValueError("`newdata` must be a pandas DataFrame")
+            X = ms.fixed_matrix(newdata)
+            codes = [t.new_codes(newdata) for t in terms]
+            Zs = [t.new_Z(newdata) for t in terms]
+            index = newdata.index
+        eta = X @ self.fixef.to_numpy()
+        if population_average:
+            sd = np.sqrt(self._re_sd_rows(terms, Zs))
+            # Trapezoid on a fine fixed grid, not Gauss-Hermite: expit(eta + sd u) has poles
+            # pi/sd from the real axis, which slows Gauss-Hermite badly when sd is large,
+            # while the trapezoid rule's error stays ~exp(-2 pi^2 / (sd h)). (The probit's and
+            # cloglog's inverse links are entire functions; the same grid serves them.)
+            grid = np.linspace(-12.0, 12.0, 4001)
+            w = norm.pdf(grid) * (grid[1] - grid[0])
+            w[[0, -1]] *= 0.5
+            out = np.empty(len(eta))
+            for a in range(0, len(eta), 2000):
+                sl = slice(a, a + 2000)
+                out[sl] = self.family.linkinv(eta[sl, None] + sd[sl, None] * grid[None, :]) @ w
+            return pd.Series(out, index=index, name="population_average")
+        if include_random:
+            for t, c, Z, (B, _) in zip(terms, codes, Zs, self._re_matrices()):
+                Bx = np.vstack([B, np.zeros((1, B.shape[1]))])  # row -1 -> new level -> 0
+                eta = eta + np.sum(Z * Bx[c], axis=1)
+        out = eta if type == "link" else self.family.linkinv(eta)
+        return pd.Series(out, index=index, name=type)
+
+    def fitted(self) -> pd.Series:
+        """Fitted means (response scale, at the conditional modes)."""
+        return self.predict(type="response")
+
+    def pearson_residuals(self) -> np.ndarray:
+        f = self.frame
+        return f.family.pearson_residuals(f.y, self.fitted().to_numpy(), f.m)
+
+    # ---- inference --------------------------------------------------------------------
+    def _param_names(self) -> list[str]:
+        return self.parameter_names() + self.xnames
+
+    def confint(self, method: str = "profile", level: float = 0.95,
+                parm: list[str] | None = None) -> pd.DataFrame:
+        """Confidence intervals, lme4-style row names (``sd_(Intercept)|id``, ``display``).
+
+        Parameters
+        ----------
+        method : {"profile", "wald"}
+            ``"profile"`` inverts the likelihood-ratio test for each parameter (maximizing
+            over the others at each value); ``"wald"`` is estimate +- z * SE for the fixed
+            effects (NaN for the variance parameters, as lme4).
+        level : float
+        parm : list of str, optional
+            Rows to compute (default all).
+        """
+        if method not in ("profile", "wald"):
+            raise ValueError(f"`method` must be 'profile' or 'wald', got {method!r}")
+        if not 0 < level < 1:
+            raise ValueError(f"`level` must be in (0, 1), got {level!r}")
+        a = (1 - level) / 2
+        cols = [f"{100 * a:.1f} %", f"{100 * (1 - a):.1f} %"]
+        cols = [c.replace(".0 %", " %") for c in cols]
+        p = len(self.xnames)
+        # lme4 order: variance parameters first, then fixed effects.
+        names = self._param_names()
+        ntheta = len(self.theta)
+        index = list(range(p, p + ntheta)) + list(range(p))
+        if parm is not None:
+            bad = [n for n in parm if n not in names]
+            if bad:
+                raise ValueError(f"unknown parameter(s) {bad}; available: {names}")
+        rows = {}
+        zq = norm.ppf(1 - a)
+        with single_thread_blas():
+            self._confint_rows(rows, names, index, parm, method, zq, p)
+        return pd.DataFrame.from_dict(rows, orient="index", columns=cols)
+
+    def _confint_rows(self, rows, names, index, parm, method, zq, p):
+        for nm, j in zip(names, index):
+            if parm is not None and nm not in parm:
+                continue
+            if method == "wald":
+                if j < p:
+                    rows[nm] = (self._params[j] - zq * self.se.iloc[j],
+                                self._params[j] + zq * self.se.iloc[j])
+                else:
+                    rows[nm] = (np.nan, np.nan)
+            else:
+                if j >= p and not isinstance(self._obj, ScalarObjective):
+                    _, a_, b_ = self._obj.th_index[j - p]
+                    if a_ != b_:
+                        # The profiled parameter would be an off-diagonal theta, which is not
+                        # the correlation; rather than a wrong interval, none.
+                        rows[nm] = (np.nan, np.nan)
+                        warnings.warn(f"no profile interval for the correlation {nm!r} of a GLMM "
+                                      "(left as NaN); the standard deviations are profiled",
+                                      stacklevel=4)
+                        continue
+                rows[nm] = self._profile_interval(j, zq)
+
+    def _profile_interval(self, j: int, zq: float) -> tuple[float, float]:
+        obj, x_hat, ll_hat = self._obj, self._params, self.loglik
+        lower = obj.lower()
+        se = np.sqrt(self._cov_all[j, j]) if np.isfinite(self._cov_all[j, j]) else 0.1
+        se = se if se > 0 else 0.1 * (1 + abs(x_hat[j]))
+        cache: dict[float, np.ndarray] = {}
+
+        def zeta(v):
+            # Warm-start from the nearest profile point already computed.
+            start = x_hat
+            if cache:
+                near = min(cache, key=lambda w: abs(w - v))
+                start = cache[near]
+            # Newton from the nearest profile point, with the optimum's Hessian (the
+            # conditional optimum moves smoothly along the profile); BFGS only as a fallback.
+            try:
+                opt = optimize_glmer(obj, start, fixed={j: v}, hessian=self.opt.hessian)
+            except FloatingPointError:
+                opt = optimize_glmer(obj, start, fixed={j: v})
+            cache[v] = opt.final
+            d = max(2.0 * (ll_hat - opt.loglik), 0.0)
+            return np.sign(v - x_hat[j]) * np.sqrt(d)
+
+        out = []
+        for side in (-1, 1):
+            target = side * zq
+            step = se
+            a_, b_ = x_hat[j], None
+            for _ in range(30):
+                v = a_ + side * step
+                if v < lower[j]:
+                    v = lower[j]
+                zv = zeta(v)
+                if side * zv >= zq:
+                    b_ = v
+                    break
+                if v == lower[j]:
+                    break
+                a_ = v
+                step *= 1.6
+            if b_ is None:
+                out.append(lower[j] if side < 0 and np.isfinite(lower[j]) else np.nan)
+                continue
+            root = sopt.brentq(lambda v: zeta(v) - target, min(a_, b_), max(a_, b_), xtol=1e-6)
+            out.append(root)
+        obj.evaluate(x_hat)
+        return out[0], out[1]
+
+    # ---- checks -----------------------------------------------------------------------
+    def _separation_columns(self) -> list[str]:
+        X = self.frame.ms.X
+        out = []
+        for j, nm in enumerate(self.xnames):
+            scale = np.max(np.abs(X[:, j])) if len(X) else 1.0
+            big = abs(self.fixef.iloc[j]) * scale > 12
+            if big and (not np.isfinite(self.se.iloc[j]) or self.se.iloc[j] * scale > 5):
+                out.append(nm)
+        return out
+
+    # ---- summary ----------------------------------------------------------------------
+    def summary(self) -> ModelSummary:
+        """lme4-style summary (``print`` it, or let a notebook render its HTML)."""
+        if self.nagq == 1:
+            method = "Laplace Approximation"
+        else:
+            auto = ", chosen by nagq='auto'" if self.auto else ""
+            method = f"Adaptive Gauss-Hermite Quadrature, nAGQ = {self.nagq}{auto}"
+        title = [f"Generalized linear mixed model fit by maximum likelihood ({method})",
+                 f" Family: {self.family.name}  ( {self.family.link} )",
+                 f"Formula: {self.formula}"]
+        if self.frame.weights_label:
+            title.append(f"Weights: {self.frame.weights_label}")
+        stats = {"AIC": self.aic, "BIC": self.bic, "logLik": self.loglik,
+                 "deviance": self.deviance, "df.resid": float(self.df_resid)}
+        rows = []
+        block: dict[str, list] = {}
+        for g, v1, v2, vc, sc in self._sd_rows():
+            if v2 is None:
+                rows.append([g, v1, sc, []])
+                block.setdefault(g, []).append(len(rows) - 1)
+        for g, v1, v2, vc, sc in self._sd_rows():
+            if v2 is not None:
+                for r in block.get(g, []):
+                    if rows[r][1] == v2:
+                        rows[r][3].append(sc)
+        re_tab = random_effects_table([tuple(r) for r in rows])
+        z = self.fixef / self.se
+        fe = pd.DataFrame({"Estimate": self.fixef, "Std. Error": self.se, "z value": z,
+                           "Pr(>|z|)": 2 * norm.sf(np.abs(z))})
+        V = self.vcov.to_numpy()
+        d = np.sqrt(np.diag(V))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            C = pd.DataFrame(V / np.outer(d, d), index=self.xnames, columns=self.xnames)
+        notes = list(self.notes)
+        if self.loglik_check is not None:
+            k, llc = self.loglik_check
+            rule = "the Laplace approximation" if self.nagq == 1 else f"{self.nagq}-point quadrature"
+            notes.append(f"logLik: the marginal log-likelihood with all constants, by {rule}; "
+                         f"with {k} points at the same estimates it is {llc:.3f}")
+        return ModelSummary(title=title, fit_statistics=stats, random_effects=re_tab,
+                            ngroups=self.ngroups, nobs=self.nobs, fixed_effects=fe,
+                            residuals=residual_quantiles(self.pearson_residuals()),
+                            correlation=C, notes=notes)
+
+    def __repr__(self) -> str:
+        fam = self.family.name if self.family.canonical else \
+            f"{self.family.name}({self.family.link})"
+        return (f"<GlmerResult {self.formula!r} {fam}, nagq={self.nagq}, "
+                f"logLik={self.loglik:.3f}>")
