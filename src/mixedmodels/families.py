@@ -121,6 +121,13 @@ class Family:
         """``dV/dmu``."""
         raise NotImplementedError
 
+    def sample(self, mu: np.ndarray, m: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Draw responses with means ``mu`` and prior weights ``m`` (R's ``simulate``).
+
+        Returns values on the scale of ``y`` (a proportion for the binomial).
+        """
+        raise NotImplementedError(f"simulation from the {self.name} family is not implemented")
+
     def pearson_residuals(self, y: np.ndarray, mu: np.ndarray, m: np.ndarray) -> np.ndarray:
         """``(y - mu) / sqrt(V(mu) / m)``, the residuals lme4's summary scales."""
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -185,6 +192,13 @@ class Binomial(Family):
 
     def variance(self, mu):
         return mu * (1.0 - mu)
+
+    def sample(self, mu, m, rng):
+        # m successes out of round(m) trials, returned as a proportion (rows with no trials: 0).
+        n = np.round(np.asarray(m, dtype=float)).astype(np.int64)
+        k = rng.binomial(n, np.clip(mu, 0.0, 1.0))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(n > 0, k / np.maximum(n, 1), 0.0)
 
     def dvariance(self, mu):
         return 1.0 - 2.0 * mu
@@ -357,6 +371,10 @@ class Poisson(Family):
 
     def variance(self, mu):
         return mu
+
+    def sample(self, mu, m, rng):
+        # As R's poisson()$simulate: prior weights do not enter the draw.
+        return rng.poisson(mu).astype(float)
 
     def dvariance(self, mu):
         return np.ones_like(mu)

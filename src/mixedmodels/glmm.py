@@ -108,7 +108,11 @@ def glmer(formula: str, data: pd.DataFrame, family: str | Family = "binomial",
     ...                family=mm.families.binomial(link="probit"))      # doctest: +SKIP
     """
     with single_thread_blas():
-        return _glmer(formula, data, family, weights, nagq, start, link)
+        res = _glmer(formula, data, family, weights, nagq, start, link)
+    # The call, for update() (R keeps it as fit@call).
+    res.call = {"fitter": "glmer", "args": {"formula": formula, "data": data, "family": family,
+                                            "weights": weights, "nagq": nagq, "link": link}}
+    return res
 
 
 def _glmer(formula, data, family, weights, nagq, start, link=None):

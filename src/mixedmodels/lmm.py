@@ -862,6 +862,8 @@ def lmer(formula: str, data: pd.DataFrame, reml: bool = True, *, start: np.ndarr
             start = _validate.check_theta(start, problem.ntheta, problem.lower, "start")
         optsum = optimize_theta(problem, start)
         fit = LinearMixedModel(model, problem, optsum)
+    # The call, for update() and anova()'s ML refits (R keeps it as fit@call).
+    fit.call = {"fitter": "lmer", "args": {"formula": formula, "data": data, "reml": reml}}
     if fit.singular:
         warnings.warn("boundary (singular) fit: a variance component is estimated as zero", UserWarning, stacklevel=2)
     if not fit.converged:
