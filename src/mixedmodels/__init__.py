@@ -9,6 +9,12 @@ Fitting
     formula syntax and lme4-like results (``fixef``, ``ranef()``, ``varcorr()``,
     ``confint()``, ``predict()``, ``summary()``). :func:`deviance_function` hands back the
     profiled objective of an LMM as a function of theta.
+Comparing, refitting, reporting
+    :func:`anova` (alias :func:`compare`: likelihood-ratio tests of nested fits),
+    :func:`refit` (a new response), :func:`update` (a changed call),
+    :func:`bootstrap` / :func:`bootstrap_confint` (parametric bootstrap, built on
+    :func:`mixedmodels.bootstrap.simulate`), :func:`coef_table`, :func:`tidy`,
+    :func:`to_dict` / :func:`to_json`.
 Data
     :func:`simulate_archers` (the bow experiment), :func:`simulate_schools`,
     :func:`load_ctr` (the post's click data) and :func:`make_click_data` (more like it).
@@ -20,13 +26,17 @@ The race
 
 from . import families  # mm.families.binomial(link="probit"), as R's binomial(link = ...)
 from . import race  # the prediction race of Chapter 8: mm.race.mspe, mm.race.race, ...
+from .bootstrap import bootstrap, bootstrap_confint
+from .compare import anova, compare
 from .datasets import ClickData, load_ctr, make_click_data
 from .gibbs import HalfT, InverseGamma, gibbs_random_intercept
 from .glmm import ConvergenceWarning, GlmerResult, QuadratureWarning, glmer
 from .lmm import LinearMixedModel, deviance_function, lmer
 from .race import mspe
+from .refit import refit, update
 from .schools import simulate_schools
 from .simulate import simulate_archers, westeros_names
+from .tidy import coef_table, tidy, to_dict, to_json
 
 __version__ = "0.1.0"
 
@@ -50,4 +60,14 @@ __all__ = [
     "families",
     "race",
     "mspe",
+    "anova",
+    "compare",
+    "refit",
+    "update",
+    "bootstrap",
+    "bootstrap_confint",
+    "coef_table",
+    "tidy",
+    "to_dict",
+    "to_json",
 ]
