@@ -44,7 +44,7 @@ from .glmm_optimize import (GlmerOptSummary, _bhhh, _hessian, _newton_polish,  #
                             _normalize, _safe_evaluate, _sd_indices, check_optimum,
                             optimize_glmer)
 from .glmm_result import GlmerResult
-from .laplace import MAX_DENSE_Q, LaplaceObjective  # noqa: F401  (re-exported)
+from .laplace import LaplaceObjective  # noqa: F401  (re-exported)
 from .quadrature import gauss_hermite
 from .results import ConvergenceWarning
 

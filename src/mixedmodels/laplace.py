@@ -1,8 +1,12 @@
-"""The Laplace approximation of a GLMM's log-likelihood, by PIRLS.
+"""The Laplace approximation of a GLMM's log-likelihood, by PIRLS on the LMM's blocked factor.
 
 :class:`LaplaceObjective` evaluates the Laplace log-likelihood (and its gradient) at
 ``(beta, theta)`` for any random-effects structure; :func:`mixedmodels.glmm.make_objective`
-chooses it when the model is not a single scalar term.
+chooses it when the model is not a single scalar term. Each PIRLS step reweights the
+cross-product blocks of ``Z Lambda`` with the working weights and refactors them in the LMM's
+blocked layout (:mod:`mixedmodels.linalg`; MixedModels.jl's ``reweight!`` then ``updateL!``,
+lme4's ``merPredD`` shared by ``lmer`` and ``glmer``): no dense ``q x q`` or ``n x q``
+matrix, no cap on the number of random effects.
 """
 
 from __future__ import annotations
@@ -10,29 +14,46 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-import scipy.linalg as sla
-import scipy.sparse as sp
+
+from .linalg import WeightedBlocks
 
 if TYPE_CHECKING:
     from .glmm import GlmerFrame
 
-__all__ = ["LaplaceObjective", "MAX_DENSE_Q"]
+__all__ = ["LaplaceObjective"]
 
-MAX_DENSE_Q = 5000
+#: PIRLS stops when the Newton step in ``u`` is below this, relative to ``1 + max|u|``
+#: (much tighter than lme4's ``tolPwrss``; the Laplace value is then exact to ~1e-12).
+PIRLS_TOL = 1e-10
+PIRLS_MAXIT = 200
 
 
 class LaplaceObjective:
-    """Laplace approximation by PIRLS, for any random-effects structure (dense in ``q``).
+    """Laplace approximation by PIRLS, for any random-effects structure.
 
     ``b = Lambda(theta) u``, ``u ~ N(0, I)``; at the conditional mode ``u_hat`` the Laplace
     log-likelihood is ``sum l(eta) - |u|^2/2 - log det(A)/2`` with
     ``A = I + Lambda' Z' W Z Lambda``. The gradient in ``(beta, theta)`` is analytic: it
-    accounts for ``u_hat`` and ``W`` moving with the parameters (third derivatives of ``l``).
-    For a non-canonical link ``W`` in the determinant is the expected information, as lme4's
-    (see :mod:`mixedmodels.families`), while the mode moves with the observed one.
+    accounts for ``u_hat`` and ``W`` moving with the parameters (third derivatives of ``l``),
+    through the entries of ``A^{-1}`` on the pattern of ``Z' Z`` (the blocked factor's
+    selected inverse). For a non-canonical link ``W`` in the determinant is the expected
+    information, as lme4's (see :mod:`mixedmodels.families`), while the mode moves with the
+    observed one.
+
+    Parameters
+    ----------
+    frame : GlmerFrame
+        The model frame from :func:`mixedmodels.glmm.glmer_frame`.
+
+    Notes
+    -----
+    Parameters are ``(beta, theta)`` with ``theta`` in lme4's order (term by term, each
+    term's lower-triangular factor column-wise; only the diagonal for an uncorrelated term).
+    Time and memory per evaluation are linear in the number of rows plus the LMM's dense block
+    of the terms after the first (``q_rest x q_rest``).
     """
 
-    def __init__(self, frame: GlmerFrame):
+    def __init__(self, frame: "GlmerFrame"):
         ms = frame.ms
         self.frame, self.family, self.nagq = frame, frame.family, 1
         self.p = ms.p
@@ -52,127 +73,149 @@ class LaplaceObjective:
                     th_index.append((len(offs) - 1, a, b))
                     th_lower.append(0.0 if a == b else -np.inf)
         self.q = q
-        if q > MAX_DENSE_Q:
-            raise ValueError(
-                f"Laplace with several or vector random-effect terms is implemented with dense "
-                f"matrices of size q = number of random effects; q = {q} exceeds {MAX_DENSE_Q}")
         self.offs = offs
         self.th_index = th_index
         self.ntheta = len(th_index)
         self.nparams = self.p + self.ntheta
         self._th_lower = np.array(th_lower)
-        rows = np.arange(self.n)
-        # d(Z Lambda)/d theta_r: one entry per row, at column (level, b) with value Z[:, a].
-        self.dZL = []
-        for (ti, a, b) in th_index:
-            t = self.terms[ti]
-            cols = offs[ti] + t.codes * t.k + b
-            self.dZL.append(sp.csr_matrix((t.Z[:, a], (rows, cols)), shape=(self.n, q)))
+        self.blocks = WeightedBlocks(self.terms)
         self.u = np.zeros(q)
         self.nevals = 0
         self.last = None
 
     def lower(self) -> np.ndarray:
+        """Lower bounds of ``(beta, theta)`` (0 for the factors' diagonals)."""
         return np.concatenate([np.full(self.p, -np.inf), self._th_lower])
 
     def reset(self) -> None:
         """Forget the warm start (after a failed evaluation)."""
         self.u = np.zeros(self.q)
 
-    def ZLambda(self, theta: np.ndarray) -> sp.csr_matrix:
-        out = None
-        for r, D in enumerate(self.dZL):
-            out = D * theta[r] if out is None else out + D * theta[r]
-        return out.tocsr()
+    def _Ts(self, theta: np.ndarray) -> list[np.ndarray]:
+        return [self._T(theta, ti) for ti in range(len(self.terms))]
 
-    def _pirls(self, eta0, ZL, u0):
+    def _pirls(self, eta0, z1, zr, u0):
+        """Conditional mode of ``u`` by Newton steps with step halving; returns ``u``, the
+        linear predictor and the factor of ``A`` (observed information) at ``u``."""
         fam, y, m, c = self.family, self.frame.y, self.frame.m, self.frame.const
+        B = self.blocks
         u = u0.copy()
-
-        def obj(u):
-            return float(np.sum(fam.loglik_rows(eta0 + ZL @ u, y, m, c)) - 0.5 * u @ u)
-
-        f = obj(u)
-        for _ in range(200):
-            eta = eta0 + ZL @ u
+        eta = eta0 + B.mult(z1, zr, u)
+        f = float(np.sum(fam.loglik_rows(eta, y, m, c)) - 0.5 * u @ u)
+        for _ in range(PIRLS_MAXIT):
             d1, d2 = fam.derivs(eta, y, m, order=2)
-            g = ZL.T @ d1 - u
-            A = (ZL.T @ ZL.multiply(-d2[:, None])).toarray() + np.eye(self.q)
-            step = sla.cho_solve(sla.cho_factor(A, lower=True), g)
+            F = B.factor(z1, zr, -d2)
+            step = F.solve(B.tmult(z1, zr, d1) - u)
+            if np.max(np.abs(step)) < PIRLS_TOL * (1.0 + np.max(np.abs(u))):
+                return u, eta, F
+            dz = B.mult(z1, zr, step)
             t = 1.0
             while True:
-                f_new = obj(u + t * step)
+                un, etan = u + t * step, eta + t * dz
+                f_new = float(np.sum(fam.loglik_rows(etan, y, m, c)) - 0.5 * un @ un)
                 if f_new >= f - 1e-12 * abs(f) or t < 1e-10:
                     break
                 t *= 0.5
-            u, f = u + t * step, f_new
-            if np.max(np.abs(t * step)) < 1e-11 * (1 + np.max(np.abs(u))):
-                break
-        return u
+            u, eta, f = un, etan, f_new
+        d1, d2 = fam.derivs(eta, y, m, order=2)
+        return u, eta, B.factor(z1, zr, -d2)
 
     def evaluate(self, params, gradient=True, nagq=None, keep=True):
+        """Laplace log-likelihood (and its gradient) at ``params = (beta, theta)``.
+
+        Parameters
+        ----------
+        params : array (p + ntheta,)
+        gradient : bool
+            Also return the gradient.
+        nagq : ignored
+            Laplace only (kept for the common objective interface).
+        keep : bool
+            Keep the conditional modes as the next evaluation's start.
+
+        Returns
+        -------
+        loglik : float
+        grad : ndarray (p + ntheta,) or None
+
+        Raises
+        ------
+        numpy.linalg.LinAlgError
+            If a weighted cross-product is not positive definite.
+        """
         params = np.asarray(params, dtype=float)
         beta, theta = params[:self.p], params[self.p:]
         fam, y, m = self.family, self.frame.y, self.frame.m
+        B = self.blocks
         X = self.frame.ms.X
         eta0 = X @ beta
-        ZL = self.ZLambda(theta)
-        u = self._pirls(eta0, ZL, self.u)
+        Ts = self._Ts(theta)
+        z1, zr = B.ztilde(Ts)
+        u, eta, F = self._pirls(eta0, z1, zr, self.u)
         if keep:
             self.u = u
-        eta = eta0 + ZL @ u
         d1, d2, d3 = fam.derivs(eta, y, m, order=3)
         W = -d2
-        A = (ZL.T @ ZL.multiply(W[:, None])).toarray() + np.eye(self.q)
-        L = np.linalg.cholesky(A)
         if fam.canonical:
-            We, Le, e3 = W, L, d3
+            We, e3, Fe = W, d3, F
         else:
             # lme4's Laplace uses the expected information (its PIRLS weights) in the
-            # determinant; the observed one (A, L) still governs how the mode moves.
+            # determinant; the observed one (F) still governs how the mode moves.
             e2, e3 = fam.info_derivs(eta, y, m)
             We = -e2
-            Ae = (ZL.T @ ZL.multiply(We[:, None])).toarray() + np.eye(self.q)
-            Le = np.linalg.cholesky(Ae)
+            Fe = B.factor(z1, zr, We)
         ll = float(np.sum(fam.loglik_rows(eta, y, m, self.frame.const)) - 0.5 * u @ u
-                   - np.sum(np.log(np.diag(Le))))
+                   - 0.5 * Fe.logdet())
         self.nevals += 1
-        self.last = (u, Le, ZL)
+        self.last = (u, Fe, Ts)
         if not gradient:
             return ll, None
-        ZLt = ZL.T.toarray()
-        M = sla.solve_triangular(Le, ZLt, lower=True)                  # Le^-1 ZL'  (q x n)
-        lev = np.sum(M * M, axis=0)
-        N = sla.solve_triangular(Le.T, M, lower=False)                  # Ae^-1 ZL'
+        # Leverages z_i' Ae^{-1} z_i and the selected inverse at each row's columns.
+        P1, PR, _ = Fe.row_products(z1, zr)
+        lev = np.sum(z1 * P1, axis=1) + np.sum(zr * PR, axis=1)
         v = e3 * lev
-        Mo = M if fam.canonical else sla.solve_triangular(L, ZLt, lower=True)
-        g_beta = X.T @ (d1 + 0.5 * (v - W * (Mo.T @ (Mo @ v))))
+        s = F.solve(B.tmult(z1, zr, v))                        # A^{-1} Lambda' Z' v
+        Zs = B.mult(z1, zr, s)
+        g_beta = X.T @ (d1 + 0.5 * (v - W * Zs))
         g_theta = np.empty(self.ntheta)
-        for r, D in enumerate(self.dZL):
-            Du = D @ u
-            du = sla.cho_solve((L, True), D.T @ d1 - ZL.T @ (W * Du))
-            deta = Du + ZL @ du
-            DN = np.asarray(D.multiply(N.T).sum(axis=1)).ravel()
-            g_theta[r] = d1 @ Du - We @ DN + 0.5 * v @ deta
+        slot_of = {ts: i for i, ts in enumerate(B.slots)}
+        for r, (ti, a, b) in enumerate(self.th_index):
+            t = self.terms[ti]
+            za = t.Z[:, a]
+            col = self.offs[ti] + t.codes * t.k + b
+            Du = za * u[col]
+            Ds = za * s[col]
+            Pb = P1[:, b] if ti == 0 else PR[:, slot_of[(ti, b)]]
+            DN = za * Pb
+            g_theta[r] = (d1 @ Du - We @ DN + 0.5 * v @ Du
+                          + 0.5 * (d1 @ Ds - (W * Zs) @ Du))
         return ll, np.concatenate([g_beta, g_theta])
 
     def modes(self, params):
+        """Conditional modes ``b`` and their conditional SDs, per term.
+
+        Returns
+        -------
+        list of (b, sd)
+            Per term, arrays of shape ``(nlevels, k)``: ``b = Lambda u_hat`` and the square
+            roots of the diagonal of ``Lambda A^{-1} Lambda'``.
+        """
         self.evaluate(params, gradient=False)
-        u, L, ZL = self.last
-        theta = np.asarray(params[self.p:], dtype=float)
+        u, F, Ts = self.last
+        D11, _, G = F.inverse_parts()
+        B = self.blocks
         out = []
-        # b = Lambda u per term; conditional covariance of b = Lambda A^-1 Lambda'.
-        Linv = sla.solve_triangular(L, np.eye(self.q), lower=True)
         for ti, t in enumerate(self.terms):
-            T = self._T(theta, ti)
+            T = Ts[ti]
             ut = u[self.offs[ti]:self.offs[ti] + t.q].reshape(t.nlevels, t.k)
             b = ut @ T.T
-            blk = Linv[:, self.offs[ti]:self.offs[ti] + t.q]
-            # Diagonal of T Var(u) T' per level, Var(u) = A^-1 (cross terms when k > 1).
-            sds = np.empty((t.nlevels, t.k))
-            for lvl in range(t.nlevels):
-                V = blk[:, lvl * t.k:(lvl + 1) * t.k]
-                sds[lvl] = np.sqrt(np.diag(T @ (V.T @ V) @ T.T))
+            if ti == 0:
+                V = D11
+            else:
+                o = B.roff[ti - 1]
+                idx = o + np.arange(t.nlevels)[:, None] * t.k + np.arange(t.k)[None, :]
+                V = G[idx[:, :, None], idx[:, None, :]]
+            sds = np.sqrt(np.einsum("ij,gjk,ik->gi", T, V, T))
             out.append((b, sds))
         return out
 
