@@ -18,7 +18,7 @@ import numpy as np
 from .linalg import WeightedBlocks
 
 if TYPE_CHECKING:
-    from .glmm import GlmerFrame
+    from .glmm_frame import GlmerFrame
 
 __all__ = ["LaplaceObjective"]
 
