@@ -56,7 +56,8 @@ __all__ = [
 
 def glmer(formula: str, data: pd.DataFrame, family: str | Family = "binomial",
           weights: str | np.ndarray | None = None, nagq: int | str = "auto",
-          start: np.ndarray | None = None, link: str | None = None) -> "GlmerResult":
+          start: np.ndarray | None = None, link: str | None = None, *, client=None,
+          verbose: bool = True) -> "GlmerResult":
     """Fit a generalized linear mixed model by maximum likelihood.
 
     Parameters
@@ -67,8 +68,9 @@ def glmer(formula: str, data: pd.DataFrame, family: str | Family = "binomial",
         R); ``a/b`` without weights (successes ``a`` out of ``b`` trials); or
         ``cbind(successes, failures)`` (each argument an expression, e.g.
         ``cbind(incidence, size - incidence)``).
-    data : pandas.DataFrame
-        Not modified.
+    data : pandas.DataFrame or dask.dataframe.DataFrame
+        Not modified. A Dask frame is fitted out of core on a ``dask.distributed`` cluster
+        (:func:`mixedmodels.distributed.glmer_dask`; one scalar random-effect term).
     family : {"binomial", "poisson"} or Family
         The family, or a family object with its link, as R's ``binomial(link = "probit")``:
         ``mixedmodels.families.binomial(link="probit")``.
@@ -86,6 +88,10 @@ def glmer(formula: str, data: pd.DataFrame, family: str | Family = "binomial",
         The link, default the canonical one (logit for the binomial, log for the Poisson).
         For probit and cloglog the Laplace approximation and the quadrature nodes are scaled
         by the expected information, as lme4 does, so ``nagq=1`` gives lme4's Laplace fit.
+    client : dask.distributed.Client or str, optional
+        Dask data only: the cluster to fit on (default: the current client, else a local one).
+    verbose : bool
+        Dask data only: a progress bar over objective evaluations.
 
     Returns
     -------
@@ -107,8 +113,13 @@ def glmer(formula: str, data: pd.DataFrame, family: str | Family = "binomial",
     >>> fit = mm.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", cbpp,
     ...                family=mm.families.binomial(link="probit"))      # doctest: +SKIP
     """
-    with single_thread_blas():
-        res = _glmer(formula, data, family, weights, nagq, start, link)
+    if data.__class__.__module__.startswith("dask"):
+        from .distributed import glmer_dask
+        res = glmer_dask(formula, data, family, weights, nagq, start, link, client=client,
+                         verbose=verbose)
+    else:
+        with single_thread_blas():
+            res = _glmer(formula, data, family, weights, nagq, start, link)
     # The call, for update() (R keeps it as fit@call).
     res.call = {"fitter": "glmer", "args": {"formula": formula, "data": data, "family": family,
                                             "weights": weights, "nagq": nagq, "link": link}}
@@ -117,6 +128,25 @@ def glmer(formula: str, data: pd.DataFrame, family: str | Family = "binomial",
 
 def _glmer(formula, data, family, weights, nagq, start, link=None):
     frame = glmer_frame(formula, data, family, weights, link)
+    return fit_frame(frame, nagq, start)
+
+
+def fit_frame(frame, nagq: int | str, start: np.ndarray | None = None, obj=None,
+              result_class: type | None = None) -> GlmerResult:
+    """Stages 2-5 on a model frame: the objective, the optimizer (the ``nagq="auto"``
+    ladder), the check of the optimum, the result with its warnings.
+
+    Parameters
+    ----------
+    frame : GlmerFrame
+    nagq : int or "auto"
+    start : array, optional
+    obj : objective, optional
+        One built elsewhere with the in-memory objective's interface (the Dask fitter's);
+        default :func:`make_objective`.
+    result_class : type, optional
+        Default :class:`GlmerResult`.
+    """
     auto = isinstance(nagq, str)
     if auto and nagq != "auto":
         raise ValueError(f"`nagq` must be a whole number >= 1 or 'auto', got {nagq!r}")
@@ -127,8 +157,8 @@ def _glmer(formula, data, family, weights, nagq, start, link=None):
         gauss_hermite(nagq)  # validates the upper limit
     if auto and not frame.scalar:
         nagq, auto = 1, False
-    obj, opt, nagq, quad_converged, history = fit_nagq(frame, nagq, start, auto)
-    res = GlmerResult(frame, obj, opt, nagq, auto=auto, history=history)
+    obj, opt, nagq, quad_converged, history = fit_nagq(frame, nagq, start, auto, obj)
+    res = (result_class or GlmerResult)(frame, obj, opt, nagq, auto=auto, history=history)
     # How good is the rule at the estimates? One evaluation with more points tells.
     if frame.scalar:
         kcheck = min(max(2 * nagq, 20), 1000)

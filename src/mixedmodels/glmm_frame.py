@@ -148,6 +148,24 @@ def glmer_frame(formula: str, data: pd.DataFrame, family: str | Family = "binomi
     if not ms.reterms:
         raise ValueError(f"formula {formula!r} has no random-effects term such as (1 | g); "
                          "use a GLM for a model without random effects")
+    return frame_from_model(ms, data, fam, weights)
+
+
+def frame_from_model(ms: ModelStructure, data: pd.DataFrame, fam: Family,
+                     weights: str | np.ndarray | None = None) -> GlmerFrame:
+    """Read the response of an evaluated formula the GLM way (the second half of
+    :func:`glmer_frame`; the Dask fitter runs it on each partition).
+
+    Parameters
+    ----------
+    ms : ModelStructure
+        The evaluated formula (rows ``ms.rows`` of ``data``).
+    data : DataFrame
+        The data ``ms`` was built from (for a ``weights`` column).
+    fam : Family
+    weights : str or array, optional
+        As in :func:`mixedmodels.glmer`.
+    """
     w, wlabel = _weights_array(weights, data, ms.rows)
     if fam.name == "binomial":
         y, m = _binomial_response(ms, w)

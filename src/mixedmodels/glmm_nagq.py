@@ -45,7 +45,7 @@ def _fit_at(frame, nagq, start=None, obj=None, hessian=None):
             # a good Hessian for the full data, so the full data need only Newton steps.
             rng = np.random.default_rng(20160915)
             sub = np.sort(rng.choice(obj.ngroups, WARMUP_GROUPS, replace=False))
-            sobj = ScalarObjective(frame, nagq, groups=sub)
+            sobj = obj.subset(sub)
             sopt_ = check_optimum(sobj, optimize_glmer(sobj, start))
             if sopt_.converged:
                 start = sopt_.final
@@ -67,9 +67,12 @@ def _fit_at(frame, nagq, start=None, obj=None, hessian=None):
     return obj, opt
 
 
-def fit_nagq(frame: GlmerFrame, nagq: int, start: np.ndarray | None, auto: bool
+def fit_nagq(frame: GlmerFrame, nagq: int, start: np.ndarray | None, auto: bool, obj=None
              ) -> tuple[object, GlmerOptSummary, int, bool | None, list]:
     """Fit at ``nagq`` points, or (``auto``) climb :data:`AUTO_LADDER` until two rules agree.
+
+    ``obj`` is an objective built elsewhere (the Dask fitter's); default
+    :func:`~mixedmodels.glmm_objective.make_objective`.
 
     Returns
     -------
@@ -79,10 +82,10 @@ def fit_nagq(frame: GlmerFrame, nagq: int, start: np.ndarray | None, auto: bool
     """
     history = []
     if not auto:
-        obj, opt = _fit_at(frame, nagq, start)
+        obj, opt = _fit_at(frame, nagq, start, obj)
         quad_converged = None
     else:
-        obj, prev, quad_converged = None, None, False
+        prev, quad_converged = None, False
         st = start
         for k in AUTO_LADDER:
             obj, opt = _fit_at(frame, k, st, obj, None if prev is None else prev.hessian)

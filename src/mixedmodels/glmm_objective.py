@@ -50,6 +50,10 @@ class ScalarObjective:
         self.nevals = 0
         self.last = None
 
+    def subset(self, groups: np.ndarray) -> "ScalarObjective":
+        """The same objective on a subset of whole groups (indices into the levels)."""
+        return ScalarObjective(self.frame, self.nagq, groups=groups)
+
     def lower(self) -> np.ndarray:
         return np.concatenate([np.full(self.p, -np.inf), [0.0]])
 
@@ -128,6 +132,10 @@ def _glm_start(frame: GlmerFrame) -> np.ndarray:
 
 
 def _default_start(frame: GlmerFrame, obj) -> np.ndarray:
+    if hasattr(obj, "default_start"):
+        # An objective whose rows live elsewhere (the Dask one) computes the same start
+        # from sums over its partitions.
+        return obj.default_start()
     beta = _glm_start(frame)
     if isinstance(obj, ScalarObjective):
         t = frame.ms.reterms[0]

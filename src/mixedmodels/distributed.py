@@ -1,0 +1,856 @@
+"""``glmer`` out of core on Dask: the scalar kernel mapped over partitions of whole groups.
+
+A Dask frame passed to :func:`mixedmodels.glmer` is fitted here, on a ``dask.distributed``
+cluster (the current client, one passed as ``client=``, or a local one). The data stay where
+they live:
+
+1. **Stage 1 on the workers.** The formula's columns are read partition by partition. If the
+   rows of a group lie in more than one partition, the frame is shuffled on the grouping column
+   once. Each partition becomes its own model frame (the in-memory code,
+   :func:`mixedmodels.glmm.frame_from_model`) and its own in-memory
+   :class:`~mixedmodels.glmm.ScalarObjective` (chunks of whole groups, warm starts of the
+   conditional modes), built on its worker and kept there (a persisted future).
+2. **Stage 2 on the driver.** :class:`DaskScalarObjective` has the in-memory objective's
+   interface (``evaluate``, ``modes``, ``lower``, ``reset``, ``subset``). An evaluation sends
+   only the parameters to every partition and adds the sums that come back: log-likelihood,
+   gradient, and the outer products of the groups' scores that BHHH uses.
+3. **Stages 3-5 are the in-memory ones** (:func:`mixedmodels.glmm.fit_frame`): the same
+   optimizer, the same check of the optimum, the same ``nagq="auto"`` ladder, so a Dask fit
+   equals an in-memory fit of the same rows to rounding.
+
+Only the starting values are computed differently: the in-memory start solves a least-squares
+problem on all rows at once; here the same iteration runs on sums over partitions.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import time
+import uuid
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .families import Family, get_family
+from .formula import (ModelStructure, ReTerm, _drop_dependent_columns, _label, _lhs_variables,
+                      _model_matrix, _required_fixed, evaluate_response, parse_formula)
+from .blas import single_thread_blas
+from .glmm import fit_frame
+from .glmm_frame import GlmerFrame, _check_zero_denominators, frame_from_model
+from .glmm_objective import ScalarObjective
+from .glmm_result import GlmerResult
+
+__all__ = ["glmer_dask", "DaskScalarObjective", "DaskGlmerResult", "DistributedFitError",
+           "get_client", "dask_objective"]
+
+#: Rows per kernel chunk inside a partition (bounds the kernel's rows x nodes arrays).
+CHUNK_ROWS = 200_000
+
+
+class DistributedFitError(RuntimeError):
+    """The cluster failed during a fit (a worker lost for good, a closed connection).
+
+    Raised instead of returning an estimate: a failed evaluation is never read as a poor
+    log-likelihood, so it can never steer the optimizer to a wrong optimum.
+    """
+
+
+# =========================================================================================
+# The client
+# =========================================================================================
+
+_LOCAL: list = []  # the embedded LocalCluster and its client, created on first use
+
+
+def get_client(client=None):
+    """The ``dask.distributed`` client a fit runs on.
+
+    Parameters
+    ----------
+    client : Client or str, optional
+        A client, or the address of a scheduler (``"tcp://host:8786"``) to connect to.
+        Default: the current client if there is one, else a :class:`LocalCluster` on this
+        machine (one single-threaded worker process per core), started once and kept for the
+        session.
+
+    Returns
+    -------
+    distributed.Client
+    """
+    from distributed import Client, LocalCluster
+
+    if isinstance(client, str):
+        return Client(client)
+    if client is not None:
+        return client
+    try:
+        from distributed import get_client as current
+        return current()
+    except ValueError:
+        pass
+    if not _LOCAL:
+        cluster = LocalCluster(n_workers=max(1, min(os.cpu_count() or 1, 4)),
+                               threads_per_worker=1, processes=True, dashboard_address=None)
+        _LOCAL.extend([cluster, Client(cluster)])
+        atexit.register(_close_local)
+    return _LOCAL[1]
+
+
+def _close_local() -> None:
+    while _LOCAL:
+        try:
+            _LOCAL.pop().close()
+        except Exception:  # closing at exit: nothing useful to do with a failure
+            pass
+
+
+# =========================================================================================
+# Stage 1: what every partition needs, and the partitions' own frames
+# =========================================================================================
+
+
+@dataclass
+class _Spec:
+    """How to read one partition exactly as the in-memory ``glmer_frame`` reads all rows."""
+
+    formula: str
+    lhs: str
+    cols: list[str]
+    group: str
+    term: Any
+    categories: dict[str, pd.CategoricalDtype]
+    fixed_spec: Any
+    xnames: list[str]
+    z_spec: Any
+    cnames: list[str]
+    family: Family
+    weights: str | None
+
+
+@dataclass
+class _Partition:
+    """A partition's state on its worker: its frame, then its in-memory objective."""
+
+    frame: GlmerFrame | None
+    keys: np.ndarray
+    n_dropped: int
+    warnings: list[tuple[type, str]]
+    obj: ScalarObjective | None = None
+    x_keep: np.ndarray | None = None
+
+
+def _partition_frame(sub: pd.DataFrame, spec: _Spec) -> tuple[GlmerFrame, np.ndarray]:
+    """The partition's ``GlmerFrame`` (the in-memory code on its rows) and its group keys."""
+    _check_zero_denominators(spec.formula, sub)
+    y, pieces, ratio = evaluate_response(spec.lhs, sub)
+    if not np.all(np.isfinite(y)):
+        raise ValueError(f"the response {spec.lhs!r} has infinite values")
+    X = np.ascontiguousarray(np.asarray(spec.fixed_spec.get_model_matrix(sub), dtype=float))
+    if not np.all(np.isfinite(X)):
+        raise ValueError("the fixed-effects matrix has infinite values")
+    if spec.z_spec is None:
+        Z = np.ones((len(sub), 1))
+    else:
+        Z = np.ascontiguousarray(np.asarray(spec.z_spec.get_model_matrix(sub), dtype=float))
+    col = sub[spec.group]
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        col = col.cat.remove_unused_categories()
+        codes = col.cat.codes.to_numpy(dtype=np.int64)
+        keys = np.asarray(col.cat.categories)
+    else:
+        codes, keys = pd.factorize(col, sort=True)
+        codes, keys = np.asarray(codes, dtype=np.int64), np.asarray(keys)
+    term = ReTerm(spec=spec.term, group=spec.group, codes=codes, levels=keys, Z=Z,
+                  cnames=spec.cnames, correlated=True, level_keys=[], model_spec=spec.z_spec)
+    ms = ModelStructure(formula=spec.formula, parsed=parse_formula(spec.formula), data=sub, y=y,
+                        lhs_terms=pieces, lhs_ratio=ratio, X=X, xnames=list(spec.xnames),
+                        dropped_columns=[], rows=sub.index, n_dropped=0, reterms=[term],
+                        fixed_spec=spec.fixed_spec, x_keep=np.arange(X.shape[1]))
+    frame = frame_from_model(ms, sub, spec.family, spec.weights)
+    # The rows themselves are no longer needed: the frame holds the arrays.
+    ms.data, ms.lhs_terms, ms.lhs_ratio = None, None, None
+    return frame, keys
+
+
+def _build_partition(df: pd.DataFrame, spec: _Spec) -> _Partition:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sub = df[spec.cols]
+        complete = sub.notna().all(axis=1).to_numpy()
+        n_dropped = int((~complete).sum())
+        sub = sub.loc[complete].reset_index(drop=True)
+        for c, dt in spec.categories.items():
+            sub[c] = sub[c].astype(dt)
+        if len(sub):
+            frame, keys = _partition_frame(sub, spec)
+        else:
+            frame, keys = None, np.asarray(df[spec.group].iloc[:0])
+    msgs = [(w.category, str(w.message)) for w in caught]
+    return _Partition(frame, keys, n_dropped, msgs)
+
+
+def _part_keys(df: pd.DataFrame, group: str) -> np.ndarray:
+    col = df[group].dropna()
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        return np.asarray(col.cat.remove_unused_categories().cat.categories)
+    return np.asarray(pd.unique(col))
+
+
+def _summary(part: _Partition) -> dict:
+    """What the driver needs once: keys, counts, the Gram matrix of X, warnings."""
+    f = part.frame
+    out = {"keys": part.keys, "n_dropped": part.n_dropped, "warnings": part.warnings}
+    if f is None:
+        out.update(n=0, XtX=None, colmax=None, z_one=True)
+        return out
+    X = f.ms.X
+    out.update(n=len(f.y), XtX=X.T @ X, colmax=np.max(np.abs(X), axis=0) if len(X) else None,
+               z_one=bool(np.all(f.ms.reterms[0].Z[:, 0] == 1.0)))
+    return out
+
+
+def _objective(part: _Partition, x_keep: np.ndarray, nagq: int) -> ScalarObjective:
+    """The partition's in-memory objective, built on first use (and again on a new worker
+    after a loss: the partition is then rebuilt from its lineage without it)."""
+    if part.obj is None or not np.array_equal(part.x_keep, x_keep):
+        f = part.frame
+        if f.ms.X.shape[1] != len(x_keep):
+            f.ms.X = np.ascontiguousarray(f.ms.X[:, x_keep])
+            f.ms.xnames = [f.ms.xnames[j] for j in x_keep]
+        part.obj = ScalarObjective(f, nagq, max_rows=CHUNK_ROWS)
+        part.x_keep = np.asarray(x_keep)
+    return part.obj
+
+
+_NUMERIC_ERRORS = (np.linalg.LinAlgError, FloatingPointError, ValueError)
+
+
+def _evaluate(part: _Partition, x_keep, params, gradient, nagq, keep, opg, reset):
+    """One partition's sums at ``params`` (the in-memory objective's ``evaluate``)."""
+    if part.frame is None:
+        return None
+    t0 = time.perf_counter()
+    obj = _objective(part, x_keep, nagq)
+    if reset:
+        obj.reset()
+    try:
+        with single_thread_blas(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            out = obj.evaluate(params, gradient=gradient, nagq=nagq, keep=keep, opg=opg)
+    except _NUMERIC_ERRORS as exc:
+        # Handed back as data, so that the driver raises the same error as in memory.
+        return ("error", type(exc).__name__, str(exc))
+    return ("ok", out, time.perf_counter() - t0)
+
+
+def _modes(part: _Partition, x_keep, params, nagq):
+    if part.frame is None:
+        return None
+    obj = _objective(part, x_keep, nagq)
+    with single_thread_blas(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        b, sd = obj.modes(params)
+    return b, sd
+
+
+def _glm_pass(part: _Partition, x_keep, beta):
+    """Sums of one IRLS step of the GLM start (``beta=None``: the first, from the data)."""
+    f = part.frame
+    if f is None:
+        return None
+    X, y, m, fam = f.ms.X[:, x_keep], f.y, f.m, f.family
+    if beta is None:
+        mu0 = (m * y + 0.5) / (m + 1.0) if fam.name == "binomial" else y + 0.1
+        eta = fam.linkfun(mu0)
+        return X.T @ X, X.T @ eta
+    d1, d2 = fam.derivs(X @ beta, y, m)
+    w = -d2 + 1e-10
+    return (X * w[:, None]).T @ X, X.T @ d1
+
+
+def _intercept_pass(part: _Partition, x_keep, beta, center):
+    """Sums over groups of the empirical link values the random-intercept start uses."""
+    f = part.frame
+    if f is None:
+        return 0.0, 0
+    t = f.ms.reterms[0]
+    G = len(part.keys)
+    S = np.bincount(t.codes, f.y * f.m, G)
+    N = np.bincount(t.codes, f.m, G)
+    fixed = np.bincount(t.codes, (f.ms.X[:, x_keep] @ beta) * f.m, G)
+    ok = N > 0
+    fam = f.family
+    if fam.name == "binomial" and fam.link == "logit":
+        e = np.log((S[ok] + 0.5) / (N[ok] - S[ok] + 0.5))
+    elif fam.name == "binomial":
+        e = fam.linkfun((S[ok] + 0.5) / (N[ok] + 1.0))
+    else:
+        e = np.log((S[ok] + 0.5) / N[ok])
+    e = e - fixed[ok] / N[ok]
+    if center is None:
+        return float(np.sum(e)), int(len(e))
+    return float(np.sum((e - center) ** 2)), int(len(e))
+
+
+def _subset_rows(part: _Partition, x_keep, newcode):
+    """Rows of the selected groups (``newcode[local group] >= 0``), with their new codes."""
+    f = part.frame
+    if f is None:
+        return None
+    t = f.ms.reterms[0]
+    c = newcode[t.codes]
+    r = c >= 0
+    return (f.ms.X[r][:, x_keep], f.y[r], f.m[r], t.Z[r], f.const[r], c[r])
+
+
+def _pearson(part: _Partition, x_keep, params, nagq):
+    f = part.frame
+    if f is None:
+        return np.zeros(0)
+    obj = _objective(part, x_keep, nagq)
+    p = len(x_keep)
+    with single_thread_blas(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        b, _ = obj.modes(params)
+    t = f.ms.reterms[0]
+    eta = f.ms.X[:, x_keep] @ params[:p] + t.Z[:, 0] * b[t.codes]
+    mu = f.family.linkinv(eta)
+    return f.family.pearson_residuals(f.y, mu, f.m)
+
+
+# =========================================================================================
+# The driver's view of the model: what the result needs, without the rows
+# =========================================================================================
+
+
+class DaskReTerm:
+    """The random-effects term of a Dask fit: its levels, not its rows.
+
+    Attributes
+    ----------
+    group : str
+    cnames : list of str
+    keys : ndarray
+        The grouping column's values, one per level, in the levels' order.
+    """
+
+    def __init__(self, spec, group, keys, cnames, z_spec, rank_of):
+        self.spec, self.group, self.keys, self.cnames = spec, group, keys, cnames
+        self.model_spec, self._rank_of, self._levels = z_spec, rank_of, None
+        self.correlated = True
+
+    @property
+    def nlevels(self) -> int:
+        return len(self.keys)
+
+    k = 1
+    q = property(lambda self: self.nlevels)
+
+    @property
+    def levels(self) -> list[str]:
+        """Level labels (as the in-memory fit's), made on first use."""
+        if self._levels is None:
+            self._levels = [_label(v.item() if isinstance(v, np.generic) else v)
+                            for v in self.keys]
+        return self._levels
+
+    def new_codes(self, data: pd.DataFrame) -> np.ndarray:
+        """Level indices of the rows of ``data``; -1 marks a level not seen in the fit."""
+        return pd.Index(self.keys).get_indexer(data[self.group].to_numpy()).astype(np.int64)
+
+    def new_Z(self, data: pd.DataFrame) -> np.ndarray:
+        if self.model_spec is None:
+            return np.ones((len(data), 1))
+        return np.asarray(self.model_spec.get_model_matrix(data), dtype=float)
+
+
+@dataclass
+class DaskModel:
+    """The model structure of a Dask fit, without the rows (they stay on the workers)."""
+
+    formula: str
+    parsed: Any
+    xnames: list[str]
+    reterms: list
+    fixed_spec: Any
+    x_keep: np.ndarray
+    categories: dict
+    n: int
+    dropped_columns: list[str] = field(default_factory=list)
+
+    @property
+    def p(self) -> int:
+        return len(self.xnames)
+
+    def fixed_matrix(self, newdata: pd.DataFrame) -> np.ndarray:
+        """The fixed-effects matrix of new data (same coding, same kept columns)."""
+        newdata = newdata.copy()
+        for c, dt in self.categories.items():
+            if c in newdata:
+                newdata[c] = newdata[c].astype(dt)
+        mm = np.asarray(self.fixed_spec.get_model_matrix(newdata), dtype=float)
+        return mm[:, self.x_keep]
+
+
+@dataclass
+class DaskGlmerFrame:
+    """Stage 1 of a Dask fit, as the driver sees it (the rows are on the workers).
+
+    Attributes
+    ----------
+    ms : DaskModel
+    family : Family
+    n : int
+        Rows used.
+    weights_label : str or None
+    """
+
+    ms: DaskModel
+    family: Family
+    n: int
+    weights_label: str | None = None
+    scalar: bool = True
+
+
+# =========================================================================================
+# Stage 2: the objective
+# =========================================================================================
+
+
+class DaskScalarObjective(ScalarObjective):
+    """The AGQ log-likelihood of a Dask frame: the in-memory objective's interface, evaluated
+    by mapping each partition's in-memory objective on its worker and adding the sums.
+
+    Built by :func:`dask_objective`. Attributes beyond the in-memory ones: ``client``,
+    ``parts`` (the persisted partition states), ``eval_log`` (per evaluation: wall seconds
+    and each partition's compute seconds).
+    """
+
+    def __init__(self, client, parts: list, frame: DaskGlmerFrame, nagq: int, x_keep,
+                 part_ngroups: list[int], rank: np.ndarray, z_one: bool, verbose: bool = False):
+        self.client, self.parts, self.frame = client, parts, frame
+        self.family, self.nagq = frame.family, int(nagq)
+        self.p = frame.ms.p
+        self.nparams = self.p + 1
+        self.x_keep = np.asarray(x_keep)
+        self.ngroups = int(sum(part_ngroups))
+        self._offsets = np.concatenate([[0], np.cumsum(part_ngroups)]).astype(np.int64)
+        # Partition-order group i is level pos[i] (the in-memory fit's order of levels).
+        self._perm = np.argsort(rank, kind="stable")
+        self._pos = np.empty_like(self._perm)
+        self._pos[self._perm] = np.arange(len(self._perm))
+        self._z_one = z_one
+        self._reset = False
+        self.nevals = 0
+        self.last = None
+        self.eval_log: list[tuple[float, list[float]]] = []
+        self._bar = None
+        if verbose:
+            from tqdm import tqdm
+            self._bar = tqdm(desc="glmer on Dask", unit=" evaluations", leave=False)
+
+    # ---- the cluster -----------------------------------------------------------------
+    def _map(self, fn, *args, **kw):
+        futures = [self.client.submit(fn, f, self.x_keep, *args, pure=False, **kw)
+                   for f in self.parts]
+        try:
+            return self.client.gather(futures)
+        except Exception as exc:
+            raise DistributedFitError(
+                f"the Dask cluster failed during the fit ({type(exc).__name__}: {exc}); no "
+                "estimate is returned from a partial evaluation. Check the workers (memory, "
+                "lost connections) and fit again.") from exc
+
+    def reset(self) -> None:
+        """Forget the warm starts (after a failed evaluation), on the next evaluation."""
+        self._reset = True
+
+    def evaluate(self, params: np.ndarray, gradient: bool = True, nagq: int | None = None,
+                 keep: bool = True, opg: bool = False):
+        params = np.asarray(params, dtype=float)
+        t0 = time.perf_counter()
+        outs = self._map(_evaluate, params, gradient, int(nagq or self.nagq), keep, opg,
+                         self._reset)
+        self._reset = False
+        total, secs = None, []
+        for out in outs:
+            if out is None:
+                continue
+            if out[0] == "error":
+                err = {"LinAlgError": np.linalg.LinAlgError,
+                       "FloatingPointError": FloatingPointError}.get(out[1], ValueError)
+                raise err(out[2])
+            vals = out[1]
+            secs.append(out[2])
+            total = list(vals) if total is None else [
+                None if a is None or b is None else a + b for a, b in zip(total, vals)]
+        self.nevals += 1
+        self.eval_log.append((time.perf_counter() - t0, secs))
+        if self._bar is not None:
+            self._bar.update(1)
+            self._bar.set_postfix(loglik=f"{total[0]:.4f}", refresh=False)
+        return tuple(total)
+
+    def modes(self, params):
+        """Conditional modes ``b`` and their conditional SDs, per level (gathered)."""
+        params = np.asarray(params, dtype=float)
+        outs = [o for o in self._map(_modes, params, self.nagq) if o is not None]
+        b = np.concatenate([o[0] for o in outs])[self._perm]
+        sd = np.concatenate([o[1] for o in outs])[self._perm]
+        return b, sd
+
+    def subset(self, groups: np.ndarray) -> ScalarObjective:
+        """An in-memory objective on a subset of whole groups (level indices): their rows are
+        gathered to the driver (the warm-up fit of many groups)."""
+        groups = np.sort(np.asarray(groups, dtype=np.int64))
+        code = np.full(self.ngroups, -1, dtype=np.int64)
+        code[groups] = np.arange(len(groups))
+        by_part = code[self._pos]              # partition order -> new code
+        futures = []
+        for i, f in enumerate(self.parts):
+            nc = by_part[self._offsets[i]:self._offsets[i + 1]]
+            futures.append(self.client.submit(_subset_rows, f, self.x_keep, nc, pure=False))
+        try:
+            rows = [r for r in self.client.gather(futures) if r is not None]
+        except Exception as exc:
+            raise DistributedFitError(f"the Dask cluster failed during the fit ({exc})") from exc
+        X, y, m, Z, c, codes = (np.concatenate([r[j] for r in rows]) for j in range(6))
+        term = ReTerm(spec=None, group=self.frame.ms.reterms[0].group, codes=codes,
+                      levels=np.arange(len(groups)), Z=Z, cnames=["(Intercept)"],
+                      correlated=True, level_keys=[])
+        ms = ModelStructure(formula=self.frame.ms.formula, parsed=None, data=None, y=y,
+                            lhs_terms=[], lhs_ratio=None, X=X, xnames=self.frame.ms.xnames,
+                            dropped_columns=[], rows=pd.RangeIndex(len(y)), n_dropped=0,
+                            reterms=[term], fixed_spec=None, x_keep=self.x_keep)
+        return ScalarObjective(GlmerFrame(ms, self.family, y, m, c), self.nagq)
+
+    # ---- the start: the in-memory `_default_start`, on sums over partitions ---------
+    def default_start(self) -> np.ndarray:
+        """Starting ``(beta, sigma)``: as :func:`mixedmodels.glmm._default_start`, from sums."""
+        def solve(sums):
+            A = sum(s[0] for s in sums if s is not None)
+            b = sum(s[1] for s in sums if s is not None)
+            return np.linalg.lstsq(A, b, rcond=None)[0]
+
+        beta = solve(self._map(_glm_pass, None))
+        for _ in range(50):
+            step = solve(self._map(_glm_pass, beta))
+            beta = beta + step
+            if np.max(np.abs(step)) < 1e-8:
+                break
+        beta = np.clip(beta, -30, 30)
+        if self._z_one:
+            s1 = self._map(_intercept_pass, beta, None)
+            n = sum(k for _, k in s1)
+            mean = sum(s for s, _ in s1) / n
+            s2 = self._map(_intercept_pass, beta, mean)
+            sd = float(np.sqrt(sum(s for s, _ in s2) / n))
+            icpt = [j for j, nm in enumerate(self.frame.ms.xnames) if nm == "(Intercept)"]
+            if np.isfinite(sd) and sd > 0.1 and icpt:
+                beta = beta.copy()
+                beta[icpt[0]] += float(mean)
+                return np.concatenate([beta, [sd]])
+        return np.concatenate([beta, [1.0]])
+
+    def close_progress(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+# =========================================================================================
+# Stage 1 on the driver: check the formula, read the categories, shuffle, build partitions
+# =========================================================================================
+
+_SUPPORTED = ("the Dask fitter supports one grouping factor with a scalar random effect, "
+              "such as (1 | id), for the binomial and Poisson families")
+
+
+def _check_spec_input(formula, data, family, weights):
+    parsed = parse_formula(formula)
+    if not parsed.lhs:
+        raise ValueError(f"formula {formula!r} has no response on the left of '~'")
+    if not parsed.random:
+        raise ValueError(f"formula {formula!r} has no random-effects term such as (1 | g); "
+                         "use a GLM for a model without random effects")
+    if len(parsed.random) != 1:
+        raise ValueError(f"{_SUPPORTED}; {formula!r} has {len(parsed.random)} terms. Each "
+                         "partition must hold whole groups so that the likelihood is a sum over "
+                         "partitions, which several crossed factors do not allow.")
+    term = parsed.random[0]
+    if len(term.group_vars) != 1:
+        raise ValueError(f"{_SUPPORTED}; the grouping factor of {term} is an interaction "
+                         f"{term.group!r}: make it one column first")
+    if weights is not None and not isinstance(weights, str):
+        raise ValueError("with a Dask frame, `weights` must be the name of a column")
+    return parsed, term
+
+
+def _build_spec(formula, data, family, weights, link):
+    parsed, term = _check_spec_input(formula, data, family, weights)
+    fam = get_family(family, link)
+    columns = pd.Index(data.columns)
+    needed: dict[str, str] = {}
+    lhs_vars = _lhs_variables(parsed.lhs, columns)
+    if not lhs_vars:
+        raise ValueError(f"response {parsed.lhs!r}: no such column in data (columns: "
+                         f"{', '.join(map(str, columns))})")
+    for v in lhs_vars:
+        needed.setdefault(v, "response")
+    for v in sorted(_required_fixed(parsed.fixed_rhs, "fixed-effects part")):
+        needed.setdefault(v, "fixed effects")
+    for v in sorted(_required_fixed(term.lhs, f"random-effects term {term}")):
+        needed.setdefault(v, f"random-effects term {term}")
+    group = term.group_vars[0]
+    needed.setdefault(group, f"grouping factor of {term}")
+    if weights is not None:
+        needed.setdefault(weights, "weights")
+    missing = [v for v in needed if v not in columns]
+    if missing:
+        detail = "; ".join(f"{v!r} (used in the {needed[v]})" for v in missing)
+        raise ValueError(f"column(s) not found in data: {detail}")
+    cols = list(needed)
+    # Text columns of the model matrices: their levels over all partitions, so that every
+    # partition codes them alike (as one in-memory frame would).
+    categories = {}
+    meta = data._meta
+    for c in cols:
+        if c == group or c in lhs_vars or c == weights:
+            continue
+        dt = meta[c].dtype
+        if isinstance(dt, pd.CategoricalDtype) and not (dt.categories.dtype == object
+                                                        and len(dt.categories) == 0):
+            if getattr(data[c].cat, "known", True):
+                categories[c] = dt
+                continue
+        if isinstance(dt, pd.CategoricalDtype) or not pd.api.types.is_numeric_dtype(dt):
+            vals = data[c].dropna().unique().compute()
+            vals = vals.astype(str) if isinstance(vals.dtype, pd.CategoricalDtype) else vals
+            categories[c] = pd.CategoricalDtype(sorted(pd.unique(vals)))
+    sample = data[cols].head(500, npartitions=-1).dropna()
+    if len(sample) == 0:
+        raise ValueError("no complete rows in the first partitions of the data")
+    for c, dt in categories.items():
+        sample[c] = sample[c].astype(dt)
+    _, xnames, fixed_spec = _model_matrix(parsed.fixed_rhs, sample, "fixed-effects matrix")
+    if term.lhs.strip() == "1":
+        z_spec, cnames = None, ["(Intercept)"]
+    else:
+        Z, cnames, z_spec = _model_matrix(term.lhs, sample, f"random-effects term {term}")
+        if Z.shape[1] != 1:
+            raise ValueError(f"{_SUPPORTED}; the term {term} has {Z.shape[1]} columns "
+                             f"({', '.join(cnames)}). The Dask fitter maps the scalar "
+                             "adaptive-quadrature kernel; a vector term needs the Laplace "
+                             "path, which is in memory only.")
+    return _Spec(formula, parsed.lhs, cols, group, term, categories, fixed_spec, xnames,
+                 z_spec, cnames, fam, weights), parsed
+
+
+def _rank_of(keys: np.ndarray, dtype) -> np.ndarray:
+    """Sort keys of the grouping column into the in-memory fit's order of levels."""
+    if isinstance(dtype, pd.CategoricalDtype) and len(dtype.categories):
+        return dtype.categories.get_indexer(keys)
+    return keys
+
+
+def dask_objective(formula: str, data, family: str | Family = "binomial",
+                   weights: str | None = None, nagq: int = 1, link: str | None = None, *,
+                   client=None, verbose: bool = False
+                   ) -> tuple[DaskGlmerFrame, DaskScalarObjective]:
+    """Stages 1-2 of a Dask fit: the frame and the objective (lme4's ``devFunOnly``).
+
+    Parameters
+    ----------
+    formula, family, weights, link
+        As :func:`mixedmodels.glmer` (``weights`` a column name).
+    data : dask.dataframe.DataFrame
+    nagq : int
+        Points of the rule the objective evaluates by default.
+    client : distributed.Client or str, optional
+        See :func:`get_client`.
+    verbose : bool
+        A progress bar over evaluations.
+
+    Returns
+    -------
+    frame : DaskGlmerFrame
+    objective : DaskScalarObjective
+        ``objective.evaluate(params)`` returns ``(loglik, gradient)`` at ``(beta, sigma)``.
+
+    Raises
+    ------
+    ValueError
+        Anything but one grouping column with a scalar random effect; a missing column.
+    DistributedFitError
+        The cluster failed.
+    """
+    import dask
+
+    spec, parsed = _build_spec(formula, data, family, weights, link)
+    client = get_client(client)
+    group_dtype = data._meta[spec.group].dtype
+    # Rows of a group must be in one partition: shuffle once if they are not.
+    key_parts = client.compute([dask.delayed(_part_keys)(p, spec.group)
+                                for p in data[[spec.group]].to_delayed()])
+    keys = client.gather(key_parts)
+    allk = np.concatenate(keys) if keys else np.zeros(0)
+    shuffled = len(pd.unique(allk)) != len(allk)
+    if shuffled:
+        # The task-based shuffle: its pieces are ordinary tasks, recomputed if a worker is lost.
+        data = data.shuffle(on=spec.group, method="tasks")
+    token = uuid.uuid4().hex[:12]
+    parts = data[spec.cols].to_delayed()
+    states = [dask.delayed(_build_partition, pure=False)(p, spec,
+                                                        dask_key_name=f"mm-partition-{token}-{i}")
+              for i, p in enumerate(parts)]
+    futures = client.compute(states)
+    try:
+        sums = client.gather([client.submit(_summary, f, pure=False) for f in futures])
+    except ValueError:
+        raise
+    except Exception as exc:
+        raise DistributedFitError(f"building the partitions failed ({exc})") from exc
+    seen = set()
+    for s in sums:
+        for cat, msg in s["warnings"]:
+            if msg not in seen:
+                seen.add(msg)
+                warnings.warn(msg, cat, stacklevel=3)
+    n = sum(s["n"] for s in sums)
+    ndrop = sum(s["n_dropped"] for s in sums)
+    if n == 0:
+        raise ValueError("no complete rows left after dropping rows with missing values")
+    if ndrop:
+        warnings.warn(f"dropped {ndrop} of {n + ndrop} rows with missing values in the "
+                      f"formula's columns ({', '.join(spec.cols)}) (like R's na.omit)",
+                      UserWarning, stacklevel=3)
+    part_keys = [s["keys"] for s in sums]
+    allk = np.concatenate(part_keys)
+    if len(pd.unique(allk)) != len(allk):
+        raise DistributedFitError("a group's rows are in more than one partition after the "
+                                  "shuffle on the grouping column")
+    if len(allk) < 2:
+        raise ValueError(f"grouping factor {spec.group!r} has {len(allk)} level; a random "
+                         "effect needs at least 2 levels")
+    # The rank of X from its Gram matrix, by the in-memory rule (a square root of X'X has the
+    # same column dependencies as X).
+    XtX = sum(s["XtX"] for s in sums if s["XtX"] is not None)
+    w, V = np.linalg.eigh(XtX)
+    M = np.sqrt(np.clip(w, 0, None))[:, None] * V.T
+    x_keep = _drop_dependent_columns(M, spec.xnames)
+    dropped = [spec.xnames[j] for j in range(len(spec.xnames)) if j not in set(x_keep.tolist())]
+    if dropped:
+        warnings.warn(f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} "
+                      f"column(s): {', '.join(dropped)}", UserWarning, stacklevel=3)
+    xnames = [spec.xnames[j] for j in x_keep]
+    colmax = np.max([s["colmax"] for s in sums if s["colmax"] is not None], axis=0)[x_keep]
+    rank = _rank_of(allk, group_dtype)
+    order = np.argsort(rank, kind="stable")
+    term = DaskReTerm(spec.term, spec.group, allk[order], spec.cnames, spec.z_spec, None)
+    ms = DaskModel(formula, parsed, xnames, [term], spec.fixed_spec, x_keep, spec.categories,
+                   n, dropped)
+    frame = DaskGlmerFrame(ms, spec.family, n, spec.weights)
+    obj = DaskScalarObjective(client, futures, frame, nagq, x_keep, [len(k) for k in part_keys],
+                              rank, all(s["z_one"] for s in sums), verbose=verbose)
+    obj.colmax = colmax
+    obj.shuffled = shuffled
+    return frame, obj
+
+
+# =========================================================================================
+# Stage 5: the result
+# =========================================================================================
+
+
+class DaskGlmerResult(GlmerResult):
+    """A GLMM fitted on Dask: the in-memory result, with the accessors that need rows
+    computed on the workers.
+
+    Attributes (beyond :class:`~mixedmodels.glmm.GlmerResult`'s)
+    ------------------------------------------------------------
+    distributed : dict
+        How the fit ran: ``path``, ``npartitions``, ``nworkers``, ``shuffled``, ``evaluations``,
+        ``seconds``.
+    """
+
+    def _separation_columns(self) -> list[str]:
+        scale = self._obj.colmax
+        out = []
+        for j, nm in enumerate(self.xnames):
+            big = abs(self.fixef.iloc[j]) * scale[j] > 12
+            if big and (not np.isfinite(self.se.iloc[j]) or self.se.iloc[j] * scale[j] > 5):
+                out.append(nm)
+        return out
+
+    def pearson_residuals(self) -> np.ndarray:
+        """Pearson residuals of every row (gathered; rows in partition order)."""
+        obj = self._obj
+        return np.concatenate(obj._map(_pearson, self._params, self.nagq))
+
+    def fitted(self):
+        raise ValueError("the fitted rows of a Dask fit live on the cluster: call "
+                         "predict(newdata, type='response') on the rows you need (a pandas or "
+                         "Dask frame)")
+
+    def predict(self, newdata=None, type: str = "link", population_average: bool = False,
+                include_random: bool = True):
+        """Predictions for ``newdata`` (pandas, or Dask: then a Dask Series), as the in-memory
+        :meth:`~mixedmodels.glmm.GlmerResult.predict`; ``newdata`` is required."""
+        if newdata is None:
+            self.fitted()
+        if newdata.__class__.__module__.startswith("dask"):
+            meta = pd.Series([], dtype=float, name="population_average" if population_average
+                             else type)
+            return newdata.map_partitions(
+                lambda d: GlmerResult.predict(self, d, type=type,
+                                              population_average=population_average,
+                                              include_random=include_random), meta=meta)
+        return GlmerResult.predict(self, newdata, type=type,
+                                   population_average=population_average,
+                                   include_random=include_random)
+
+
+def glmer_dask(formula: str, data, family: str | Family = "binomial",
+               weights: str | None = None, nagq: int | str = "auto",
+               start: np.ndarray | None = None, link: str | None = None, *, client=None,
+               verbose: bool = True) -> DaskGlmerResult:
+    """Fit a GLMM to a Dask frame, out of core (what :func:`mixedmodels.glmer` calls).
+
+    Parameters
+    ----------
+    formula, family, weights, nagq, start, link
+        As :func:`mixedmodels.glmer`; one grouping factor with a scalar random effect.
+    data : dask.dataframe.DataFrame
+        Any partitioning: rows of a group spread over partitions are shuffled together once.
+    client : distributed.Client or str, optional
+        See :func:`get_client`.
+    verbose : bool
+        A progress bar over objective evaluations (stderr).
+
+    Returns
+    -------
+    DaskGlmerResult
+        ``result.distributed`` says how the fit ran.
+    """
+    t0 = time.perf_counter()
+    auto = isinstance(nagq, str)
+    if auto and nagq != "auto":
+        raise ValueError(f"`nagq` must be a whole number >= 1 or 'auto', got {nagq!r}")
+    if not auto and (isinstance(nagq, bool) or not isinstance(nagq, (int, np.integer))
+                     or nagq < 1):
+        raise ValueError(f"`nagq` must be a whole number >= 1 or 'auto', got {nagq!r}")
+    frame, obj = dask_objective(formula, data, family, weights, 10 if auto else int(nagq), link,
+                                client=client, verbose=verbose)
+    try:
+        with single_thread_blas():
+            res = fit_frame(frame, nagq, start, obj=obj, result_class=DaskGlmerResult)
+    finally:
+        obj.close_progress()
+    info = obj.client.scheduler_info()
+    res.distributed = {"path": "kernel", "npartitions": len(obj.parts),
+                       "nworkers": len(info.get("workers", {})), "shuffled": obj.shuffled,
+                       "evaluations": obj.nevals, "seconds": time.perf_counter() - t0}
+    res.notes.append(f"fitted out of core on Dask: {len(obj.parts)} partitions on "
+                     f"{res.distributed['nworkers']} workers, the kernel mapped over partitions")
+    return res
