@@ -94,7 +94,7 @@ def get_client(client=None):
         pass
     if not _LOCAL:
         cluster = LocalCluster(n_workers=max(1, min(os.cpu_count() or 1, 4)),
-                               threads_per_worker=1, processes=True, dashboard_address=None)
+                               threads_per_worker=1, processes=True, dashboard_address=":0")
         _LOCAL.extend([cluster, Client(cluster)])
         atexit.register(_close_local)
     return _LOCAL[1]
