@@ -34,6 +34,8 @@ import pandas as pd
 import formulaic
 from formulaic.errors import FormulaicError
 
+from .offsets import evaluate_offsets
+
 __all__ = [
     "RandomTermSpec",
     "ParsedFormula",
@@ -93,12 +95,15 @@ class ParsedFormula:
         else is left, since an intercept is implied).
     random : list of RandomTermSpec
         The expanded random-effects terms in the order written.
+    offsets : list of str
+        The expressions of the ``offset(...)`` terms, e.g. ``["log(t)"]``.
     """
 
     formula: str
     lhs: str
     fixed_rhs: str
     random: list[RandomTermSpec] = field(default_factory=list)
+    offsets: list[str] = field(default_factory=list)
 
 
 def _top_level_split(text: str, sep: str) -> list[str]:
@@ -197,6 +202,7 @@ def parse_formula(formula: str) -> ParsedFormula:
 
     random: list[RandomTermSpec] = []
     fixed_pieces: list[tuple[str, str]] = []
+    offsets: list[str] = []
     for sign, piece in _signed_pieces(rhs):
         stripped = piece.strip()
         # A bar term is a whole parenthesised piece with a '|' at its own top level.
@@ -207,6 +213,12 @@ def parse_formula(formula: str) -> ParsedFormula:
                     raise ValueError(f"formula {formula!r}: a random-effects term cannot be subtracted")
                 random.extend(_bar_term(inner, formula))
                 continue
+        off = re.fullmatch(r"offset\s*\((.*)\)", stripped, flags=re.S)
+        if off and _matching_paren(stripped[stripped.index("("):]) == len(stripped) - 1 - stripped.index("("):
+            if sign == "-":
+                raise ValueError(f"formula {formula!r}: an offset cannot be subtracted; write offset(-({off.group(1)}))")
+            offsets.append(off.group(1).strip())
+            continue
         if "|" in stripped:
             raise ValueError(
                 f"formula {formula!r}: random-effects terms must be written in parentheses, "
@@ -220,7 +232,7 @@ def parse_formula(formula: str) -> ParsedFormula:
     fixed = fixed.strip() or "1"
     if fixed.startswith("-"):
         fixed = "1 " + fixed
-    return ParsedFormula(formula=formula, lhs=lhs, fixed_rhs=fixed, random=random)
+    return ParsedFormula(formula=formula, lhs=lhs, fixed_rhs=fixed, random=random, offsets=offsets)
 
 
 def _signed_pieces(text: str) -> list[tuple[str, str]]:
@@ -381,6 +393,13 @@ class ModelStructure:
         ``fixed_spec.get_model_matrix(newdata)``; then keep ``x_keep`` columns).
     x_keep : ndarray of int
         Indices of the columns of formulaic's matrix that were kept in ``X``.
+    offset : ndarray, shape (n,), or None
+        The known part of the linear predictor: the formula's ``offset(...)`` terms plus a
+        fitter's ``offset=`` argument (see :mod:`mixedmodels.offsets`); None without one.
+    offset_argument : str or None
+        How the ``offset=`` argument was given (its column name, or ``"array"``).
+    weights : ndarray, shape (n,), or None
+        ``lmer``'s precision weights (see :mod:`mixedmodels.weights`); None without them.
     """
 
     formula: str
@@ -397,6 +416,9 @@ class ModelStructure:
     reterms: list[ReTerm]
     fixed_spec: Any
     x_keep: np.ndarray
+    offset: np.ndarray | None = None
+    offset_argument: Any = None
+    weights: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -627,6 +649,9 @@ def build_model(formula: str, data: pd.DataFrame, *, drop_rank_deficient: bool =
         needed.setdefault(v, "response")
     for v in sorted(_required_fixed(parsed.fixed_rhs, "fixed-effects part")):
         needed.setdefault(v, "fixed effects")
+    for e in parsed.offsets:
+        for v in sorted(_required_fixed(f"0 + I({e})", f"offset({e})")):
+            needed.setdefault(v, f"offset({e})")
     for term in parsed.random:
         for v in sorted(_required_fixed(term.lhs, f"random-effects term {term}")):
             needed.setdefault(v, f"random-effects term {term}")
@@ -699,4 +724,5 @@ def build_model(formula: str, data: pd.DataFrame, *, drop_rank_deficient: bool =
         formula=formula, parsed=parsed, data=sub, y=y, lhs_terms=pieces, lhs_ratio=ratio,
         X=X, xnames=xnames, dropped_columns=dropped, rows=data.index[complete], n_dropped=n_dropped,
         reterms=reterms, fixed_spec=fixed_spec, x_keep=keep,
+        offset=evaluate_offsets(parsed.offsets, sub),
     )

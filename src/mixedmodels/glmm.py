@@ -56,7 +56,8 @@ __all__ = [
 
 def glmer(formula: str, data: pd.DataFrame, family: str | Family = "binomial",
           weights: str | np.ndarray | None = None, nagq: int | str = "auto",
-          start: np.ndarray | None = None, link: str | None = None, *, client=None,
+          start: np.ndarray | None = None, link: str | None = None,
+          offset: str | np.ndarray | None = None, *, client=None,
           verbose: bool = True) -> "GlmerResult":
     """Fit a generalized linear mixed model by maximum likelihood.
 
@@ -88,6 +89,10 @@ def glmer(formula: str, data: pd.DataFrame, family: str | Family = "binomial",
         The link, default the canonical one (logit for the binomial, log for the Poisson).
         For probit and cloglog the Laplace approximation and the quadrature nodes are scaled
         by the expected information, as lme4 does, so ``nagq=1`` gives lme4's Laplace fit.
+    offset : str or array-like, optional
+        A known term of the linear predictor (a column name or one value per row of
+        ``data``), added to any ``offset(...)`` in the formula, e.g. ``log`` exposure for a
+        Poisson rate (see :mod:`mixedmodels.offsets`). In-memory data only.
     client : dask.distributed.Client or str, optional
         Dask data only: the cluster to fit on (default: the current client, else a local one).
     verbose : bool
@@ -114,20 +119,23 @@ def glmer(formula: str, data: pd.DataFrame, family: str | Family = "binomial",
     ...                family=mm.families.binomial(link="probit"))      # doctest: +SKIP
     """
     if data.__class__.__module__.startswith("dask"):
+        if offset is not None:
+            raise ValueError("`offset=` is not supported for Dask data yet; fit in memory")
         from .distributed import glmer_dask
         res = glmer_dask(formula, data, family, weights, nagq, start, link, client=client,
                          verbose=verbose)
     else:
         with single_thread_blas():
-            res = _glmer(formula, data, family, weights, nagq, start, link)
+            res = _glmer(formula, data, family, weights, nagq, start, link, offset)
     # The call, for update() (R keeps it as fit@call).
     res.call = {"fitter": "glmer", "args": {"formula": formula, "data": data, "family": family,
-                                            "weights": weights, "nagq": nagq, "link": link}}
+                                            "weights": weights, "nagq": nagq, "link": link,
+                                            "offset": offset}}
     return res
 
 
-def _glmer(formula, data, family, weights, nagq, start, link=None):
-    frame = glmer_frame(formula, data, family, weights, link)
+def _glmer(formula, data, family, weights, nagq, start, link=None, offset=None):
+    frame = glmer_frame(formula, data, family, weights, link, offset)
     return fit_frame(frame, nagq, start)
 
 

@@ -13,6 +13,7 @@ import pandas as pd
 
 from .families import Family, get_family
 from .formula import ModelStructure, build_model
+from .offsets import attach_offset
 
 __all__ = ["GlmerFrame", "glmer_frame"]
 
@@ -140,11 +141,12 @@ def _check_zero_denominators(formula: str, data: pd.DataFrame) -> None:
 
 
 def glmer_frame(formula: str, data: pd.DataFrame, family: str | Family = "binomial",
-                weights: str | np.ndarray | None = None, link: str | None = None) -> GlmerFrame:
+                weights: str | np.ndarray | None = None, link: str | None = None,
+                offset: str | np.ndarray | None = None) -> GlmerFrame:
     """Stage 1: evaluate the formula and read the response (see :func:`glmer`)."""
     fam = get_family(family, link)
     _check_zero_denominators(formula, data)
-    ms = build_model(formula, data)
+    ms = attach_offset(build_model(formula, data), offset, data)
     if not ms.reterms:
         raise ValueError(f"formula {formula!r} has no random-effects term such as (1 | g); "
                          "use a GLM for a model without random effects")

@@ -34,6 +34,7 @@ class ScalarObjective:
         self.p = ms.p
         self.nparams = ms.p + 1
         X, y, m, z, c, codes = ms.X, frame.y, frame.m, t.Z[:, 0], frame.const, t.codes
+        off = np.zeros(len(y)) if ms.offset is None else np.asarray(ms.offset, dtype=float)
         ngroups = t.nlevels
         if groups is not None:
             # A subset of whole groups (the warm-up fit on large data sets).
@@ -42,9 +43,10 @@ class ScalarObjective:
             rows = keep[codes]
             newcode = np.cumsum(keep) - 1
             X, y, m, z, c, codes = X[rows], y[rows], m[rows], z[rows], c[rows], newcode[codes[rows]]
+            off = off[rows]
             ngroups = int(keep.sum())
         self.ngroups = ngroups
-        self.chunks, self.order = make_chunks(X, y, m, z, np.zeros(len(y)), c, codes, ngroups,
+        self.chunks, self.order = make_chunks(X, y, m, z, off, c, codes, ngroups,
                                               max_rows=max_rows)
         self._warm = [None] * len(self.chunks)
         self.nevals = 0
@@ -116,11 +118,12 @@ def make_objective(frame: GlmerFrame, nagq: int):
 def _glm_start(frame: GlmerFrame) -> np.ndarray:
     """Fixed effects of the GLM without random effects (IRLS), the optimizer's start."""
     X, y, m, fam = frame.ms.X, frame.y, frame.m, frame.family
+    off = 0.0 if frame.ms.offset is None else frame.ms.offset
     mu0 = (m * y + 0.5) / (m + 1.0) if fam.name == "binomial" else y + 0.1
     eta = fam.linkfun(mu0)
-    beta = np.linalg.lstsq(X, eta, rcond=None)[0]
+    beta = np.linalg.lstsq(X, eta - off, rcond=None)[0]
     for _ in range(50):
-        eta = X @ beta
+        eta = X @ beta + off
         d1, d2 = fam.derivs(eta, y, m)
         w = -d2 + 1e-10
         step = np.linalg.lstsq(X * np.sqrt(w)[:, None], d1 / np.sqrt(w), rcond=None)[0]
@@ -146,7 +149,8 @@ def _default_start(frame: GlmerFrame, obj) -> np.ndarray:
             # optimizer several steps to walk sigma up.
             S = np.bincount(t.codes, frame.y * frame.m, t.nlevels)
             N = np.bincount(t.codes, frame.m, t.nlevels)
-            fixed = np.bincount(t.codes, (frame.ms.X @ beta) * frame.m, t.nlevels)
+            off = 0.0 if frame.ms.offset is None else frame.ms.offset
+            fixed = np.bincount(t.codes, (frame.ms.X @ beta + off) * frame.m, t.nlevels)
             ok = N > 0
             if frame.family.name == "binomial" and frame.family.link == "logit":
                 e = np.log((S[ok] + 0.5) / (N[ok] - S[ok] + 0.5))

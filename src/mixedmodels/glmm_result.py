@@ -15,6 +15,7 @@ from .blas import single_thread_blas
 from .glmm_frame import GlmerFrame
 from .glmm_objective import ScalarObjective
 from .glmm_optimize import GlmerOptSummary, optimize_glmer
+from .offsets import new_offset
 from .summary import ModelSummary, random_effects_table, residual_quantiles
 
 __all__ = ["GlmerResult"]
@@ -202,7 +203,8 @@ class GlmerResult:
         return var
 
     def predict(self, newdata: pd.DataFrame | None = None, type: str = "link",
-                population_average: bool = False, include_random: bool = True) -> pd.Series:
+                population_average: bool = False, include_random: bool = True,
+                offset=None) -> pd.Series:
         """Predictions on the link or the response scale.
 
         Parameters
@@ -218,6 +220,10 @@ class GlmerResult:
         include_random : bool
             False sets every random effect to 0 (lme4's ``re.form = NA``), as the LMM's
             ``predict``.
+        offset : str or array-like, optional
+            The new rows' ``offset=`` values when the fit's offset argument was an array (a
+            column name is read from ``newdata``; the formula's ``offset(...)`` terms are
+            evaluated on ``newdata``).
 
         Returns
         -------
@@ -243,7 +249,7 @@ class GlmerResult:
             codes = [t.new_codes(newdata) for t in terms]
             Zs = [t.new_Z(newdata) for t in terms]
             index = newdata.index
-        eta = X @ self.fixef.to_numpy()
+        eta = X @ self.fixef.to_numpy() + new_offset(ms, newdata, offset)
         if population_average:
             sd = np.sqrt(self._re_sd_rows(terms, Zs))
             # Trapezoid on a fine fixed grid, not Gauss-Hermite: expit(eta + sd u) has poles

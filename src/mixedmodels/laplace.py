@@ -148,7 +148,7 @@ class LaplaceObjective:
         fam, y, m = self.family, self.frame.y, self.frame.m
         B = self.blocks
         X = self.frame.ms.X
-        eta0 = X @ beta
+        eta0 = X @ beta if self.frame.ms.offset is None else X @ beta + self.frame.ms.offset
         Ts = self._Ts(theta)
         z1, zr = B.ztilde(Ts)
         u, eta, F = self._pirls(eta0, z1, zr, self.u)

@@ -38,6 +38,8 @@ from . import _validate
 from .blas import single_thread_blas
 from .covariance import tril_index as _tril_index
 from .formula import ModelStructure, ReTerm, build_model
+from .offsets import attach_offset, new_offset
+from .weights import attach_weights, working_model
 from .profile import profile_confint
 from .results import ConvergenceWarning, OptSummary, check_convergence, theta_lower_bounds
 from .summary import ModelSummary, random_effects_table, residual_quantiles
@@ -119,6 +121,8 @@ class LMMProblem:
     """
 
     def __init__(self, model: ModelStructure, reml: bool = True, sparse_threshold: int = 200_000):
+        # Offsets and precision weights: an unweighted problem on rescaled rows (weights.py).
+        model, self.ldW = working_model(model)
         self.model = model
         self.reml = bool(reml)
         self.terms = model.reterms
@@ -349,8 +353,8 @@ class LMMProblem:
         ldRX2 = 2.0 * np.sum(np.log(diag[q:q + self.p]))
         pwrss = diag[-1] ** 2
         n, p = self.n, self.p
-        dev = ldL2 + n * (1.0 + _LOG2PI + np.log(pwrss / n))
-        reml = ldL2 + ldRX2 + (n - p) * (1.0 + _LOG2PI + np.log(pwrss / (n - p)))
+        dev = ldL2 - self.ldW + n * (1.0 + _LOG2PI + np.log(pwrss / n))
+        reml = ldL2 + ldRX2 - self.ldW + (n - p) * (1.0 + _LOG2PI + np.log(pwrss / (n - p)))
         return DevianceComponents(ldL2=float(ldL2), ldRX2=float(ldRX2), pwrss=float(pwrss),
                                   deviance=float(dev), reml=float(reml))
 
@@ -682,13 +686,16 @@ class LinearMixedModel:
         """Fitted values ``X beta + Z b`` on the rows used in the fit."""
         m = self.model
         f = m.X @ self.fixef.to_numpy() + self._random_part([(t.codes, t.Z) for t in m.reterms])
+        if m.offset is not None:
+            f = f + m.offset
         return pd.Series(f, index=m.rows, name="fitted")
 
     def residuals(self) -> pd.Series:
         """Response minus fitted values (lme4's ``residuals(fit)``, type response)."""
         return pd.Series(self.model.y - self.fitted().to_numpy(), index=self.model.rows, name="residuals")
 
-    def predict(self, newdata: pd.DataFrame | None = None, include_random: bool = True) -> pd.Series:
+    def predict(self, newdata: pd.DataFrame | None = None, include_random: bool = True,
+                offset=None) -> pd.Series:
         """Predictions for new data.
 
         Parameters
@@ -699,14 +706,18 @@ class LinearMixedModel:
         include_random : bool
             Add the random effects; a level not seen in the fit gets 0 (the population
             prediction), as lme4's ``allow.new.levels = TRUE``.
+        offset : str or array-like, optional
+            The new rows' ``offset=`` values when the fit's offset argument was an array (a
+            column name is read from ``newdata``; the formula's ``offset(...)`` terms are
+            evaluated on ``newdata``).
 
         Returns
         -------
         Series indexed like ``newdata``.
         """
         if newdata is None:
-            return self.fitted() if include_random else pd.Series(self.model.X @ self.fixef.to_numpy(),
-                                                                  index=self.model.rows)
+            return self.fitted() if include_random else pd.Series(
+                self.model.X @ self.fixef.to_numpy() + new_offset(self.model, None), index=self.model.rows)
         _validate.check_dataframe(newdata, "newdata")
         needed = _validate.predictor_columns(self.model, include_random)
         _validate.check_columns(newdata, needed, "newdata")
@@ -714,7 +725,7 @@ class LinearMixedModel:
             X = self.model.fixed_matrix(newdata)
         except Exception as exc:
             raise ValueError(f"could not build the fixed-effects matrix of newdata: {str(exc).splitlines()[0]}") from None
-        pred = X @ self.fixef.to_numpy()
+        pred = X @ self.fixef.to_numpy() + new_offset(self.model, newdata, offset)
         if include_random:
             pairs = []
             for t in self.model.reterms:
@@ -826,7 +837,8 @@ class LinearMixedModel:
         return self.summary()._repr_html_()
 
 
-def lmer(formula: str, data: pd.DataFrame, reml: bool = True, *, start: np.ndarray | None = None) -> LinearMixedModel:
+def lmer(formula: str, data: pd.DataFrame, reml: bool = True, *, start: np.ndarray | None = None,
+         weights: str | np.ndarray | None = None, offset: str | np.ndarray | None = None) -> LinearMixedModel:
     """Fit a linear mixed model by REML (default) or maximum likelihood.
 
     Parameters
@@ -840,6 +852,13 @@ def lmer(formula: str, data: pd.DataFrame, reml: bool = True, *, start: np.ndarr
         REML (True, lme4's default) or ML.
     start : array, optional
         Starting theta (default: 1 on diagonals, 0 elsewhere, as lme4).
+    weights : str or array-like, optional
+        Precision weights (a column name or one value per row of ``data``, all positive):
+        row ``i``'s residual variance is ``sigma^2 / w_i``, e.g. ``w_i`` observations averaged
+        into the row (see :mod:`mixedmodels.weights`).
+    offset : str or array-like, optional
+        A known term added to the linear predictor (a column name or one value per row),
+        besides any ``offset(...)`` in the formula (see :mod:`mixedmodels.offsets`).
 
     Returns
     -------
@@ -854,7 +873,7 @@ def lmer(formula: str, data: pd.DataFrame, reml: bool = True, *, start: np.ndarr
     """
     if not isinstance(reml, (bool, np.bool_)):
         raise ValueError(f"reml must be True or False, got {reml!r}")
-    model = build_model(formula, data)
+    model = attach_weights(attach_offset(build_model(formula, data), offset, data), weights, data)
     _validate.check_lmm_structure(model)
     with single_thread_blas():
         problem = LMMProblem(model, reml=bool(reml))
@@ -863,7 +882,8 @@ def lmer(formula: str, data: pd.DataFrame, reml: bool = True, *, start: np.ndarr
         optsum = optimize_theta(problem, start)
         fit = LinearMixedModel(model, problem, optsum)
     # The call, for update() and anova()'s ML refits (R keeps it as fit@call).
-    fit.call = {"fitter": "lmer", "args": {"formula": formula, "data": data, "reml": reml}}
+    fit.call = {"fitter": "lmer", "args": {"formula": formula, "data": data, "reml": reml,
+                                           "weights": weights, "offset": offset}}
     if fit.singular:
         warnings.warn("boundary (singular) fit: a variance component is estimated as zero", UserWarning, stacklevel=2)
     if not fit.converged:

@@ -148,7 +148,9 @@ class Profiler:
             c = self.problem.components(theta)
         except np.linalg.LinAlgError:
             return np.inf
-        return self.n * (_LOG2PI + 2 * np.log(sigma)) + c.ldL2 + c.pwrss / sigma**2
+        # ldW: the precision weights' Jacobian, as in LMMProblem.components (else the profile
+        # is shifted off the optimum's deviance, lme4's bug with weights).
+        return self.n * (_LOG2PI + 2 * np.log(sigma)) + c.ldL2 - self.problem.ldW + c.pwrss / sigma**2
 
     @staticmethod
     def _minimize(fun, x0: np.ndarray, bounds: list) -> tuple[np.ndarray, float]:
@@ -189,7 +191,7 @@ class Profiler:
             except np.linalg.LinAlgError:
                 return np.inf
             pw = c.pwrss + (value - beta[j]) ** 2 / V[j, j]
-            return c.ldL2 + self.n * (1 + _LOG2PI + np.log(pw / self.n))
+            return c.ldL2 - self.problem.ldW + self.n * (1 + _LOG2PI + np.log(pw / self.n))
 
         bounds = [(lo if np.isfinite(lo) else None, None) for lo in self.problem.lower]
         return self._minimize_wrapped(fun_beta, self.theta_hat, bounds, start)
