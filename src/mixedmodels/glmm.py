@@ -119,8 +119,10 @@ def glmer(formula: str, data: pd.DataFrame, family: str | Family = "binomial",
     ...                family=mm.families.binomial(link="probit"))      # doctest: +SKIP
     """
     if data.__class__.__module__.startswith("dask"):
-        if offset is not None:
-            raise ValueError("`offset=` is not supported for Dask data yet; fit in memory")
+        from .formula import parse_formula
+
+        if offset is not None or parse_formula(formula).offsets:
+            raise ValueError("offsets are not supported for Dask data yet; fit in memory")
         from .distributed import glmer_dask
         res = glmer_dask(formula, data, family, weights, nagq, start, link, client=client,
                          verbose=verbose)
