@@ -58,7 +58,7 @@ from .quadrature import gauss_hermite
 
 __all__ = ["VectorChunk", "VectorChunkResult", "make_vector_chunks", "product_rule",
            "vector_modes", "agq_vector_chunk", "VectorObjective", "MAX_COLUMNS",
-           "vector_agq_applies"]
+           "vector_agq_applies", "auto_ladder", "check_points", "AUTO_LADDER_VECTOR"]
 
 #: Largest number of random-effect columns per group the kernel accepts (its cost grows as
 #: ``nagq ** k``).
@@ -606,3 +606,24 @@ class VectorObjective:
             c0 = self._col0[ti]
             out.append((B[:, c0:c0 + t.k], sd[:, c0:c0 + t.k]))
         return out
+
+
+#: ``nagq="auto"`` for vector models climbs these rules (points per dimension), as the scalar
+#: ladder does, stopping when two successive rules agree; fewer rungs in 3 dimensions, where a
+#: rule costs ``nagq ** 3`` nodes.
+AUTO_LADDER_VECTOR = {2: (5, 9, 17, 33), 3: (5, 9, 17)}
+#: Largest rule used to check a fit's quadrature (doubling its points), per dimension.
+CHECK_MAX = {2: 64, 3: 24}
+
+
+def auto_ladder(reterms) -> tuple[int, ...]:
+    """The rules ``nagq="auto"`` climbs for a vector model (see :data:`AUTO_LADDER_VECTOR`)."""
+    return AUTO_LADDER_VECTOR[sum(t.k for t in reterms)]
+
+
+def check_points(nagq: int, reterms) -> int:
+    """Points per dimension for the check of a vector fit's rule: twice its own (at least 10
+    in 2-D, 8 in 3-D, so that a Laplace fit is checked against a real rule), at most
+    :data:`CHECK_MAX`."""
+    k = sum(t.k for t in reterms)
+    return int(min(max(2 * int(nagq), 10 if k == 2 else 8), CHECK_MAX[k]))

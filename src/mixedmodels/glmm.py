@@ -33,6 +33,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from .agq_vector import VectorObjective, check_points, vector_agq_applies
 # One BLAS thread while fitting: a busy 2-core machine makes threaded BLAS crawl.
 from .blas import single_thread_blas
 from .families import Family
@@ -78,11 +79,13 @@ def glmer(formula: str, data: pd.DataFrame, family: str | Family = "binomial",
     weights : str or array, optional
         Prior weights (binomial: numbers of trials), a column name or an array.
     nagq : int or "auto"
-        Points of adaptive Gauss-Hermite quadrature. 1 is the Laplace approximation (any
-        random-effects structure); more points need a single scalar term. ``"auto"`` (the
-        default) adds points (10, 20, 40, ...) until the log-likelihood and the estimates stop
-        moving, and reports how many it used (``result.nagq``); for other structures it means
-        Laplace.
+        Points of adaptive Gauss-Hermite quadrature (per dimension). 1 is the Laplace
+        approximation (any random-effects structure); more points need a single grouping
+        factor with at most 3 random effects per level (``(1 | g)``, ``(x | g)``,
+        ``(x || g)``; a tensor-product rule of ``nagq ** k`` nodes for ``k`` of them).
+        ``"auto"`` (the default) adds points (10, 20, 40, ... for a scalar term; 5, 9, 17, ...
+        for a vector one) until the log-likelihood and the estimates stop moving, and reports
+        how many it used (``result.nagq``); for other structures it means Laplace.
     start : array, optional
         Starting ``(beta, theta)``.
     link : {"logit", "probit", "cloglog"} or {"log"}, optional
@@ -165,14 +168,20 @@ def fit_frame(frame, nagq: int | str, start: np.ndarray | None = None, obj=None,
             raise ValueError(f"`nagq` must be a whole number >= 1 or 'auto', got {nagq!r}")
         nagq = int(nagq)
         gauss_hermite(nagq)  # validates the upper limit
-    if auto and not frame.scalar:
+    vector = not frame.scalar and vector_agq_applies(frame.ms.reterms)
+    if auto and not (frame.scalar or vector):
         nagq, auto = 1, False
     obj, opt, nagq, quad_converged, history = fit_nagq(frame, nagq, start, auto, obj)
     res = (result_class or GlmerResult)(frame, obj, opt, nagq, auto=auto, history=history)
     # How good is the rule at the estimates? One evaluation with more points tells.
-    if frame.scalar:
-        kcheck = min(max(2 * nagq, 20), 1000)
-        llc, _ = obj.evaluate(opt.final, gradient=False, nagq=kcheck, keep=False)
+    if frame.scalar or vector:
+        if frame.scalar:
+            kcheck, chk = min(max(2 * nagq, 20), 1000), obj
+        else:
+            # A vector model's Laplace fit has no quadrature objective of its own.
+            kcheck = check_points(nagq, frame.ms.reterms)
+            chk = obj if isinstance(obj, VectorObjective) else VectorObjective(frame, kcheck)
+        llc, _ = chk.evaluate(opt.final, gradient=False, nagq=kcheck, keep=False)
         res.loglik_check = (kcheck, float(llc))
         if quad_converged is None:
             quad_converged = abs(llc - opt.loglik) <= QUAD_CHECK_TOL

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .agq_vector import auto_ladder
 from .glmm_frame import GlmerFrame
 from .glmm_objective import ScalarObjective, _default_start, make_objective
 from .glmm_optimize import GlmerOptSummary, check_optimum, optimize_glmer
@@ -87,7 +88,9 @@ def fit_nagq(frame: GlmerFrame, nagq: int, start: np.ndarray | None, auto: bool,
     else:
         prev, quad_converged = None, False
         st = start
-        for k in AUTO_LADDER:
+        # A vector model (one grouping factor, 2-3 columns) climbs its own, shorter ladder.
+        ladder = AUTO_LADDER if frame.scalar else auto_ladder(frame.ms.reterms)
+        for k in ladder:
             obj, opt = _fit_at(frame, k, st, obj, None if prev is None else prev.hessian)
             history.append((k, opt.loglik, opt.final.copy()))
             if prev is not None:

@@ -1,8 +1,9 @@
 """Stage 2 of ``glmer``: the log-likelihood as a function of ``(beta, theta)``.
 
 :class:`ScalarObjective` is the scalar kernel (:mod:`mixedmodels.agq`, adaptive Gauss-Hermite,
-any number of points) for a single scalar random-effect term; :func:`make_objective` picks it or
-the Laplace objective (PIRLS) for any other structure. The starting values live here too, as
+any number of points) for a single scalar random-effect term; :func:`make_objective` picks it,
+the vector kernel (:class:`mixedmodels.agq_vector.VectorObjective`, one grouping factor with 2-3
+columns, ``nagq > 1``) or the Laplace objective (PIRLS) for any other structure. The starting values live here too, as
 they depend on the objective. The ``nagq="auto"`` ladder that drives the scalar kernel over
 more and more points is :mod:`mixedmodels.glmm_nagq`.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .agq import agq_chunk, make_chunks
+from .agq_vector import MAX_COLUMNS, VectorObjective, vector_agq_applies
 from .glmm_frame import GlmerFrame
 from .laplace import LaplaceObjective
 
@@ -97,21 +99,24 @@ def make_objective(frame: GlmerFrame, nagq: int):
     Raises
     ------
     ValueError
-        ``nagq > 1`` with several or vector random-effect terms: adaptive quadrature's cost
-        grows as ``nagq ** (number of random effects per group)`` and, with crossed terms, the
-        integral no longer splits into one small integral per group, so (like lme4) we offer
-        it only for a single scalar term.
+        ``nagq > 1`` with several grouping factors or more than 3 random effects per group:
+        with crossed or nested factors the integral no longer splits into one small integral
+        per group, and a product rule costs ``nagq ** (random effects per group)`` points.
+        One grouping factor with 2 or 3 columns (``(x | g)``, ``(x || g)``) gets the vector
+        kernel (:mod:`mixedmodels.agq_vector`).
     """
     if frame.scalar:
         return ScalarObjective(frame, nagq)
+    if nagq != 1 and vector_agq_applies(frame.ms.reterms):
+        return VectorObjective(frame, nagq)
     if nagq != 1:
         terms = ", ".join(str(t.spec) for t in frame.ms.reterms)
         raise ValueError(
-            f"nagq={nagq} (adaptive Gauss-Hermite quadrature) needs a single scalar random-effect "
-            f"term such as (1 | g); this model has {terms}. With several terms, or a vector "
-            "term, the integral over the random effects does not split into one-dimensional "
-            "integrals per group, and a product rule would cost nagq ** dimension points. "
-            "Use nagq=1 (Laplace).")
+            f"nagq={nagq} (adaptive Gauss-Hermite quadrature) needs a single grouping factor "
+            f"with at most {MAX_COLUMNS} random effects per level, such as (1 | g) or (x | g); "
+            f"this model has {terms}. With several grouping factors the integral over the "
+            "random effects does not split into small integrals per group, and a product rule "
+            "would cost nagq ** dimension points. Use nagq=1 (Laplace).")
     return LaplaceObjective(frame)
 
 
