@@ -138,8 +138,10 @@ def test_one_point_equals_laplace(link):
 
 def test_one_point_equals_laplace_three_columns():
     X, Z, y, m, codes, T = three_column_data()
-    d = pd.DataFrame({"y": y, "x1": X[:, 1], "x2": X[:, 2], "g": codes.astype(str)})
-    frame = glmer_frame("y ~ x1 + x2 + (x1 + x2 | g)", d, "poisson")
+    d = pd.DataFrame({"y": y, "x1": X[:, 1], "x2": X[:, 2], "g": codes.astype(str),
+                      "t": np.linspace(0.5, 2.0, len(y))})
+    frame = glmer_frame("y ~ x1 + x2 + offset(log(t)) + (x1 + x2 | g)", d, "poisson")
+    assert frame.ms.offset is not None
     # lme4's theta: the lower triangle column by column (= T' row by row).
     x = np.concatenate([[0.3, 0.5, -0.4], T.T[np.triu_indices(3)]])
     ll_lap = LaplaceObjective(frame).evaluate(x, gradient=False)[0]
