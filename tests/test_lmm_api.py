@@ -19,7 +19,9 @@ def sleep_fit():
 def test_predict_known_and_new_levels(sleep_fit):
     _, df, fit = sleep_fit
     new = pd.DataFrame({"Days": [0, 3, 3], "Subject": ["308", "308", "new subject"]}, index=[10, 11, 12])
-    pred = fit.predict(new)
+    with pytest.raises(ValueError, match=r"grouping factor 'Subject' has new level\(s\) 'new subject'"):
+        fit.predict(new)  # lme4's default allow.new.levels = FALSE
+    pred = fit.predict(new, allow_new_levels=True)
     assert list(pred.index) == [10, 11, 12]
     re_ = fit.ranef().set_index(["term", "level"])["value"]
     b0, b1 = re_[("(Intercept)", "308")], re_[("Days", "308")]

@@ -142,13 +142,10 @@ def check_lmm_structure(model: ModelStructure) -> None:
 
 
 def predictor_columns(model: ModelStructure, include_random: bool) -> list[str]:
-    """The data columns a prediction needs."""
-    import formulaic
-
-    cols = list(formulaic.Formula(model.parsed.fixed_rhs).required_variables)
+    """The data columns a prediction needs (grouping columns only with ``include_random``)."""
+    cols = list(model.fixed_variables)
     if include_random:
         for t in model.reterms:
-            if t.spec.lhs.strip() != "1":
-                cols += list(formulaic.Formula(t.spec.lhs).required_variables)
+            cols += list(t.variables)
             cols += list(t.spec.group_vars)
     return list(dict.fromkeys(cols))

@@ -24,15 +24,18 @@ Example
 
 from __future__ import annotations
 
+import ast
 import re
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from numbers import Real
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import formulaic
 from formulaic.errors import FormulaicError
+from formulaic.transforms import TRANSFORMS, C
 
 from .offsets import evaluate_offsets
 
@@ -45,6 +48,8 @@ __all__ = [
     "build_model",
     "evaluate_response",
     "grouping_codes",
+    "match_levels",
+    "new_model_matrix",
 ]
 
 
@@ -106,28 +111,41 @@ class ParsedFormula:
     offsets: list[str] = field(default_factory=list)
 
 
-def _top_level_split(text: str, sep: str) -> list[str]:
-    """Split ``text`` on ``sep`` where it is not nested inside brackets."""
-    parts, depth, start, i = [], 0, 0, 0
-    while i < len(text):
-        c = text[i]
+def _scan(text: str):
+    """Yield ``(i, c, depth)`` for each character outside backticks (R's quoted names such as
+    `` `body mass` ``), with the bracket depth before the character."""
+    depth, quoted = 0, False
+    for i, c in enumerate(text):
+        if c == "`":
+            quoted = not quoted
+            continue
+        if quoted:
+            continue
+        yield i, c, depth
         if c in "([{":
             depth += 1
         elif c in ")]}":
             depth -= 1
-        elif depth == 0 and text.startswith(sep, i):
-            parts.append(text[start:i])
-            i += len(sep)
-            start = i
+
+
+def _top_level_split(text: str, sep: str) -> list[str]:
+    """Split ``text`` on ``sep`` where it is not nested inside brackets or backticks."""
+    parts, start, skip_to = [], 0, 0
+    for i, c, depth in _scan(text):
+        if i < skip_to or depth != 0 or c in "([{)]}":
             continue
-        i += 1
+        if text.startswith(sep, i):
+            parts.append(text[start:i])
+            start = skip_to = i + len(sep)
     parts.append(text[start:])
     return parts
 
 
 def _check_balanced(formula: str) -> None:
+    if formula.count("`") % 2:
+        raise ValueError(f"formula {formula!r} has an unmatched backtick (`)")
     depth = 0
-    for c in formula:
+    for _, c, _ in _scan(formula):
         depth += c == "("
         depth -= c == ")"
         if depth < 0:
@@ -136,25 +154,64 @@ def _check_balanced(formula: str) -> None:
         raise ValueError(f"formula {formula!r} has an unmatched '('")
 
 
+_CALL_BEFORE = re.compile(r"[A-Za-z0-9_.]\s*$")
+
+
+def _power_inside_calls(text: str) -> str:
+    """R's ``^`` is a power inside a function call (``I(x^2)``, ``log(x^2)``, ``poly(x^2, 2)``);
+    at the formula's own level it crosses terms (``(a + b)^2``), which formulaic reads the same
+    way. Python's ``^`` is a bitwise XOR, so inside calls it becomes ``**``."""
+    out, stack = [], []
+    last = 0
+    for i, c, _ in _scan(text):
+        if c == "(":
+            stack.append(bool(_CALL_BEFORE.search(text[:i])))
+        elif c == ")":
+            if stack:
+                stack.pop()
+        elif c == "^" and any(stack):
+            out.append(text[last:i] + "**")
+            last = i + 1
+    out.append(text[last:])
+    return "".join(out)
+
+
+def _r_spellings(text: str) -> str:
+    """R spellings formulaic does not read: ``as.factor(g)`` is ``factor(g)``."""
+    return re.sub(r"(?<![A-Za-z0-9_.])as\.factor\s*\(", "factor(", _power_inside_calls(text))
+
+
+_FACTOR_CALL = re.compile(r"(?:factor|as\.factor|as\.character)\((.+)\)")
+
+
+def _group_variable(piece: str, group: str) -> str:
+    """The data column behind one factor of a grouping expression: ``g``, `` `my g` `` or
+    ``factor(g)`` (R converts grouping variables to factors anyway)."""
+    m = _FACTOR_CALL.fullmatch(piece)
+    if m:
+        piece = m.group(1).strip()
+    if len(piece) >= 2 and piece[0] == piece[-1] == "`":
+        piece = piece[1:-1]
+    if not piece or ("(" in piece or ")" in piece):
+        raise ValueError(f"cannot read the grouping factor {group!r}: a grouping factor is a column "
+                         "name, an interaction a:b, a nesting a/b, or factor(column)")
+    return piece
+
+
 def _expand_group(group: str) -> list[tuple[str, tuple[str, ...]]]:
     """``a/b/c`` -> [c:b:a, b:a, a]; ``a:b`` -> [a:b] (lme4's expandSlash order)."""
-    group = re.sub(r"\s+", "", group)
+    group = group.strip()
     if not group:
         raise ValueError("a random-effects term has an empty grouping factor after '|'")
-    nested = group.split("/")
+    nested = [[x.strip() for x in _top_level_split(piece, ":")] for piece in _top_level_split(group, "/")]
+    if any(not x for pieces in nested for x in pieces):
+        raise ValueError(f"cannot read the grouping factor {group!r}")
     out = []
     for depth in range(len(nested), 0, -1):
-        pieces = nested[:depth]
-        names: list[str] = []
-        for piece in pieces:
-            names.extend(piece.split(":"))
-        if any(not nm for nm in names):
-            raise ValueError(f"cannot read the grouping factor {group!r}")
         # lme4 writes the innermost factor first: batch/cask gives cask:batch.
-        ordered: list[str] = []
-        for piece in reversed(pieces):
-            ordered.extend(piece.split(":"))
-        out.append((":".join(ordered), tuple(ordered)))
+        ordered = [x for pieces in reversed(nested[:depth]) for x in pieces]
+        names = [re.sub(r"\s+", "", x) if "`" not in x else x for x in ordered]
+        out.append((":".join(names), tuple(_group_variable(x, group) for x in ordered)))
     return out
 
 
@@ -196,7 +253,7 @@ def parse_formula(formula: str) -> ParsedFormula:
     sides = _top_level_split(formula, "~")
     if len(sides) != 2:
         raise ValueError(f"formula {formula!r} must contain exactly one '~' (response ~ terms)")
-    lhs, rhs = sides[0].strip(), sides[1].strip()
+    lhs, rhs = sides[0].strip(), _r_spellings(sides[1].strip())
     if not rhs:
         raise ValueError(f"formula {formula!r} has nothing on the right of '~'")
 
@@ -237,13 +294,9 @@ def parse_formula(formula: str) -> ParsedFormula:
 
 def _signed_pieces(text: str) -> list[tuple[str, str]]:
     """Split at top-level '+' and '-', keeping each piece's sign."""
-    out, depth, start, sign = [], 0, 0, "+"
-    for i, c in enumerate(text):
-        if c in "([{":
-            depth += 1
-        elif c in ")]}":
-            depth -= 1
-        elif depth == 0 and c in "+-":
+    out, start, sign = [], 0, "+"
+    for i, c, depth in _scan(text):
+        if depth == 0 and c in "+-":
             out.append((sign, text[start:i]))
             sign, start = c, i + 1
     out.append((sign, text[start:]))
@@ -251,11 +304,8 @@ def _signed_pieces(text: str) -> list[tuple[str, str]]:
 
 
 def _matching_paren(text: str) -> int:
-    depth = 0
-    for i, c in enumerate(text):
-        depth += c == "("
-        depth -= c == ")"
-        if depth == 0:
+    for i, c, depth in _scan(text):
+        if c == ")" and depth == 1:
             return i
     return -1
 
@@ -312,6 +362,10 @@ class ReTerm:
         The raw values of the grouping columns for each level (used to map new data).
     model_spec : object
         formulaic's model spec of ``Z``, to rebuild it on new data.
+    variables : list of str
+        The data columns the term's columns read (not the grouping columns).
+    float_columns : tuple of str
+        Integer columns promoted to float before the term's columns were computed.
     """
 
     spec: RandomTermSpec
@@ -323,6 +377,8 @@ class ReTerm:
     correlated: bool
     level_keys: list[tuple]
     model_spec: Any = None
+    variables: list[str] = field(default_factory=list)
+    float_columns: tuple[str, ...] = ()
 
     @property
     def nlevels(self) -> int:
@@ -343,17 +399,75 @@ class ReTerm:
         """Number of covariance parameters (lower triangle of a ``k x k`` factor)."""
         return self.k * (self.k + 1) // 2
 
-    def new_codes(self, data: pd.DataFrame) -> np.ndarray:
-        """Level indices of the rows of ``data``; -1 marks a level not seen in the fit."""
-        lookup = {key: i for i, key in enumerate(self.level_keys)}
-        cols = [_level_key_values(data[v]) for v in self.spec.group_vars]
-        return np.array([lookup.get(key, -1) for key in zip(*cols)], dtype=np.int64)
+    def new_codes(self, data: pd.DataFrame, allow_new_levels: bool = False) -> np.ndarray:
+        """Level indices of the rows of ``data``, for prediction.
+
+        Labels are matched by value where that is unambiguous (a group fitted as 101 is found
+        as 101, 101.0 or "101"; see :func:`match_levels`).
+
+        Parameters
+        ----------
+        data : DataFrame
+            Must have the grouping columns.
+        allow_new_levels : bool
+            lme4's ``allow.new.levels``: if False (lme4's default) a level not seen in the fit,
+            or a missing value in a grouping column, is an error; if True such rows get -1 (the
+            caller gives them the population value, a random effect of 0).
+
+        Returns
+        -------
+        ndarray of int64, shape (len(data),)
+            0..nlevels-1, or -1 for a new level or a missing value (only when allowed).
+
+        Raises
+        ------
+        ValueError
+            Naming the grouping factor and its new levels (or its missing values).
+        """
+        gvars = self.spec.group_vars
+        per_col = []
+        for j, v in enumerate(gvars):
+            known = list(dict.fromkeys(key[j] for key in self.level_keys))
+            per_col.append((known, match_levels(data[v], known)))
+        if len(gvars) == 1:
+            codes = per_col[0][1].copy()  # position among level_keys == level index
+        else:
+            index = {tuple(known.index(key[j]) for j, (known, _) in enumerate(per_col)): i
+                     for i, key in enumerate(self.level_keys)}
+            stacked = np.column_stack([c for _, c in per_col])
+            codes = np.full(len(data), -1, dtype=np.int64)
+            missing = (stacked == -2).any(axis=1)
+            codes[missing] = -2
+            ok = (stacked >= 0).all(axis=1)
+            for r in np.flatnonzero(ok):
+                codes[r] = index.get(tuple(stacked[r]), -1)
+        if not allow_new_levels:
+            missing = codes == -2
+            if missing.any():
+                raise ValueError(
+                    f"newdata: the grouping factor {self.group!r} has missing values in {int(missing.sum())} "
+                    "row(s); pass allow_new_levels=True to predict them at the population level "
+                    "(random effect 0), as lme4 does")
+            new = codes == -1
+            if new.any():
+                cols = [data[v].to_numpy(dtype=object)[new] for v in gvars]
+                labels = [":".join(_label(x.item() if isinstance(x, np.generic) else x) for x in key)
+                          for key in zip(*cols)]
+                bad = list(dict.fromkeys(labels))
+                raise ValueError(
+                    f"newdata: the grouping factor {self.group!r} has new level(s) {_show_levels(bad)} not "
+                    "seen in the fit; pass allow_new_levels=True to predict them at the population level "
+                    "(random effect 0), as lme4's allow.new.levels = TRUE")
+        codes[codes == -2] = -1
+        return codes
 
     def new_Z(self, data: pd.DataFrame) -> np.ndarray:
-        """The term's columns evaluated on new data."""
+        """The term's columns evaluated on new data (factor levels matched as in
+        :meth:`ModelStructure.fixed_matrix`)."""
         if self.model_spec is None:
             return np.ones((len(data), 1))
-        return np.asarray(self.model_spec.get_model_matrix(data), dtype=float)
+        return new_model_matrix(self.model_spec, data, self.variables, self.float_columns,
+                                f"columns of {self.spec}")
 
 
 @dataclass
@@ -400,6 +514,10 @@ class ModelStructure:
         How the ``offset=`` argument was given (its column name, or ``"array"``).
     weights : ndarray, shape (n,), or None
         ``lmer``'s precision weights (see :mod:`mixedmodels.weights`); None without them.
+    fixed_variables : list of str
+        The data columns the fixed part reads.
+    float_columns : tuple of str
+        Integer columns promoted to float before the fixed part was computed.
     """
 
     formula: str
@@ -419,6 +537,8 @@ class ModelStructure:
     offset: np.ndarray | None = None
     offset_argument: Any = None
     weights: np.ndarray | None = None
+    fixed_variables: list[str] = field(default_factory=list)
+    float_columns: tuple[str, ...] = ()
 
     @property
     def n(self) -> int:
@@ -429,22 +549,51 @@ class ModelStructure:
         return self.X.shape[1]
 
     def fixed_matrix(self, newdata: pd.DataFrame) -> np.ndarray:
-        """The fixed-effects matrix of new data (same coding, same kept columns)."""
-        mm = np.asarray(self.fixed_spec.get_model_matrix(newdata), dtype=float)
+        """The fixed-effects matrix of new data (same coding, same kept columns).
+
+        Factor levels are matched by value (101, 101.0 and "101" are one level); a level the
+        fit never saw is always an error naming the column (lme4: "factor f has new level c").
+        A row with a missing value in a column the fixed part reads is all NaN.
+
+        Raises
+        ------
+        ValueError
+            For a new factor level, or data the fixed part cannot be evaluated on.
+        """
+        mm = new_model_matrix(self.fixed_spec, newdata, self.fixed_variables, self.float_columns,
+                              "fixed-effects matrix")
         return mm[:, self.x_keep]
 
 
 _IDENT = re.compile(r"[A-Za-z_.][A-Za-z0-9_.]*")
+_BACKTICKED = re.compile(r"`([^`]*)`")
+
+# R names a formula may call that formulaic does not define itself. ``factor(g)`` is
+# formulaic's ``C(g)`` (treatment contrasts; the columns are named factor(g)2, ..., as R's).
+_R_CONTEXT: dict[str, Any] = {
+    "factor": C, "sqrt": np.sqrt, "abs": np.abs, "log1p": np.log1p, "expm1": np.expm1,
+    "sin": np.sin, "cos": np.cos, "tan": np.tan, "exp": np.exp, "log": np.log,
+    "log10": np.log10, "log2": np.log2, "pmin": np.minimum, "pmax": np.maximum,
+}
+_KNOWN_FUNCTIONS = frozenset(TRANSFORMS) | frozenset(_R_CONTEXT) | {"contr", "np", "round", "min", "max"}
+# The functions a user is told about when a formula calls something we cannot evaluate.
+_SUPPORTED_TEXT = ("I() (with ^ as a power), log(), log2(), log10(), log1p(), exp(), sqrt(), abs(), "
+                   "poly(x, k) (orthogonal, as R's), center(), scale(), factor(), C(), bs(), "
+                   "numpy functions as np.name()")
 
 
-def _r_name(label: str) -> str:
-    """formulaic's column label -> R's: Intercept -> (Intercept), g[T.b] -> gb."""
+def _r_name(label: str, renames: dict[str, str] | None = None) -> str:
+    """formulaic's column label -> R's: Intercept -> (Intercept), g[T.b] -> gb,
+    poly(x, 2)[1] -> poly(x, 2)1, C(o, contr.poly)[.L] -> o.L (an ordered factor)."""
     if label == "Intercept":
         return "(Intercept)"
     parts = []
     for piece in label.split(":"):
         m = re.fullmatch(r"(.*)\[(?:T\.)?(.*)\]", piece)
-        parts.append(m.group(1) + m.group(2) if m else piece)
+        head, tail = (m.group(1), m.group(2)) if m else (piece, "")
+        if renames and head in renames:
+            head = renames[head]
+        parts.append(head + tail)
     return ":".join(parts)
 
 
@@ -511,30 +660,330 @@ def grouping_codes(data: pd.DataFrame, group_vars: tuple[str, ...]) -> tuple[np.
     return codes.astype(np.int64), labels, raw
 
 
-def _model_matrix(rhs: str, data: pd.DataFrame, what: str) -> tuple[np.ndarray, list[str], Any]:
+# ---- matching labels of new data by value ----------------------------------------------
+
+
+def _value_key(v: Any) -> tuple | None:
+    """A hashable key of a label that compares by value across types: 101, 101.0 and
+    np.int64(101) share one key; None and NaN have none."""
+    if isinstance(v, np.generic):
+        v = v.item()
+    if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA or v is pd.NaT:
+        return None
+    if isinstance(v, bool):
+        return ("b", v)
+    if isinstance(v, Real):
+        return ("n", float(v))
+    if isinstance(v, str):
+        return ("s", v)
+    return ("o", v)
+
+
+def _other_type_key(key: tuple) -> tuple | None:
+    """The same label as the other of number/string: 101.0 <-> "101"."""
+    kind, v = key
+    if kind == "n":
+        return ("s", _label(v))
+    if kind == "s":
+        try:
+            return ("n", float(v.strip()))
+        except ValueError:
+            return None
+    return None
+
+
+def match_levels(values: pd.Series | np.ndarray | list, known: list) -> np.ndarray:
+    """Positions of ``values`` among the labels ``known``, matched by value.
+
+    A label matches a known one of the same value (101, 101.0 and np.int64(101) are one
+    label); failing that, a number matches the known string that spells it ("101") and a
+    string a known number it spells, so ids read from a CSV as text still find their groups.
+
+    Returns
+    -------
+    ndarray of int64
+        The position in ``known``, -1 for a label not among them, -2 for a missing value.
+    """
+    lookup: dict[tuple, int] = {}
+    for i, k in enumerate(known):
+        key = _value_key(k)
+        if key is not None:
+            lookup.setdefault(key, i)
+    codes, uniques = pd.factorize(pd.Series(values, dtype=object) if not isinstance(values, pd.Series)
+                                  else values.astype(object), use_na_sentinel=True)
+    mapped = np.empty(len(uniques) + 1, dtype=np.int64)
+    for j, u in enumerate(uniques):
+        key = _value_key(u)
+        if key is None:
+            mapped[j] = -2
+            continue
+        pos = lookup.get(key)
+        if pos is None:
+            alt = _other_type_key(key)
+            pos = lookup.get(alt, -1) if alt is not None else -1
+        mapped[j] = pos
+    mapped[-1] = -2  # factorize's -1: a missing value
+    return mapped[np.asarray(codes)]
+
+
+def _show_levels(values: list, limit: int = 8) -> str:
+    shown = ", ".join(repr(v.item() if isinstance(v, np.generic) else v) for v in values[:limit])
+    return shown + (f" and {len(values) - limit} more" if len(values) > limit else "")
+
+
+# ---- the variables of an expression ---------------------------------------------------
+
+
+def _names_in(expr: str) -> tuple[set[str], set[str], set[str]]:
+    """Backticked names, bare names and called function names of one Python expression."""
+    quoted = set(_BACKTICKED.findall(expr))
+    text = _BACKTICKED.sub("_q_", expr)
     try:
-        mm = formulaic.model_matrix(rhs, data, na_action="ignore")
+        tree = ast.parse(text, mode="eval")
+    except SyntaxError:
+        return quoted, set(_IDENT.findall(text)) - {"_q_"}, set()
+    names, calls = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            f = node.func
+            while isinstance(f, ast.Attribute):
+                f = f.value
+            if isinstance(f, ast.Name):
+                calls.add(f.id)
+        if isinstance(node, ast.Name) and node.id != "_q_":
+            names.add(node.id)
+    return quoted, names, calls
+
+
+def _expression_variables(expr: str, columns: pd.Index, what: str) -> tuple[list[str], list[str]]:
+    """Columns of ``data`` an expression reads, and names that are neither a column nor a known
+    function (reported by the caller as missing columns).
+
+    Raises
+    ------
+    ValueError
+        If the expression calls a function the formula language does not know.
+    """
+    if expr in columns:
+        return [expr], []
+    quoted, names, calls = _names_in(expr)
+    unknown_calls = sorted(c for c in calls if c not in _KNOWN_FUNCTIONS and c not in columns)
+    if unknown_calls:
+        fn = unknown_calls[0]
+        raise ValueError(f"the {what} calls {fn}(), which formulas here do not support; "
+                         f"supported: {_SUPPORTED_TEXT}")
+    found = [v for v in sorted(quoted) if v in columns]
+    found += [v for v in sorted(names) if v in columns and v not in quoted]
+    missing = [v for v in sorted(quoted) if v not in columns]
+    missing += [v for v in sorted(names) if v not in columns and v not in _KNOWN_FUNCTIONS and v not in calls]
+    return found, missing
+
+
+def _formula_variables(rhs: str, columns: pd.Index, what: str) -> tuple[list[str], list[str]]:
+    """Data columns a right-hand side reads (formulaic's ``required_variables`` misses the ones
+    inside stateful transforms such as ``center(x)``), and names not found among them."""
+    try:
+        terms = list(formulaic.Formula(rhs))
     except FormulaicError as exc:
+        raise ValueError(f"could not parse the {what} {rhs!r}: {str(exc).splitlines()[0]}") from None
+    found: list[str] = []
+    missing: list[str] = []
+    for term in terms:
+        for factor in term.factors:
+            expr = str(factor.expr)
+            if expr in ("0", "1", "-1"):
+                continue
+            f, m = _expression_variables(expr, columns, what)
+            found += f
+            missing += m
+    return list(dict.fromkeys(found)), list(dict.fromkeys(missing))
+
+
+def _integer_columns(data: pd.DataFrame, variables: list[str]) -> list[str]:
+    """Integer columns among ``variables``: promoted to float before any formula arithmetic,
+    since ``x**3`` on an int8 column would wrap around."""
+    out = []
+    for v in variables:
+        dt = data[v].dtype
+        if pd.api.types.is_integer_dtype(dt) and not pd.api.types.is_bool_dtype(dt):
+            out.append(v)
+    return out
+
+
+def _promote(data: pd.DataFrame, float_columns: tuple[str, ...] | list[str]) -> pd.DataFrame:
+    cols = [c for c in float_columns if c in data.columns]
+    if not cols:
+        return data
+    data = data.copy()
+    for c in cols:
+        data[c] = pd.to_numeric(data[c], errors="coerce").astype(float)
+    return data
+
+
+def _ordered_contrasts(rhs: str, data: pd.DataFrame) -> tuple[str, dict[str, str]]:
+    """R codes an ordered factor by polynomial contrasts (``contr.poly``: columns ``o.L``,
+    ``o.Q``, ``o.C``, ``o^4``...): bare names of ordered categorical columns become
+    ``C(o, contr.poly)``, and the returned map renames the columns back to R's spelling."""
+    renames: dict[str, str] = {}
+    for col in data.columns:
+        if not (isinstance(col, str) and isinstance(data[col].dtype, pd.CategoricalDtype) and data[col].cat.ordered):
+            continue
+        pattern = re.compile(r"(?<![A-Za-z0-9_.`(])" + re.escape(col) + r"(?![A-Za-z0-9_.`(])")
+        if not pattern.search(rhs):
+            continue
+        wrapped = f"C({col}, contr.poly)"
+        rhs = pattern.sub(wrapped, rhs)
+        renames[wrapped] = col
+    return rhs, renames
+
+
+def _expand_dot(rhs: str, data: pd.DataFrame, exclude: set[str]) -> str:
+    """``y ~ . + (1 | g)``: the dot is every column except the response's and the grouping
+    factors' and the offsets' (R's dot excludes the response; a grouping factor as a fixed
+    effect as well would be confounded with its random effect)."""
+    pattern = re.compile(r"(?<![A-Za-z0-9_.`])\.(?![A-Za-z0-9_.`])")
+    if not pattern.search(rhs):
+        return rhs
+    cols = [c for c in data.columns if c not in exclude]
+    if not cols:
+        raise ValueError("'.' in the formula stands for every column but the response and the grouping "
+                         "factors, and there are none left")
+    names = [c if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(c)) else f"`{c}`" for c in cols]
+    return pattern.sub("(" + " + ".join(names) + ")", rhs)
+
+
+# ---- model matrices ----------------------------------------------------------------------
+
+
+def _model_matrix(rhs: str, data: pd.DataFrame, what: str,
+                  renames: dict[str, str] | None = None) -> tuple[np.ndarray, list[str], Any]:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            mm = formulaic.model_matrix(rhs, data, na_action="ignore", context=_R_CONTEXT)
+    except (FormulaicError, ValueError, TypeError, NameError) as exc:
         raise ValueError(f"could not build the {what} from {rhs!r}: {str(exc).splitlines()[0]}") from None
-    names = [_r_name(str(c)) for c in mm.columns]
+    names = [_r_name(str(c), renames) for c in mm.columns]
     values = np.asarray(mm, dtype=float)
     if values.ndim == 1:
         values = values[:, None]
     return values, names, mm.model_spec
 
 
-def _required_fixed(rhs: str, what: str) -> set[str]:
+def _categorical_columns(spec: Any, columns: pd.Index) -> list[tuple[str, list]]:
+    """(data column, fitted levels) of each categorical factor of a formulaic model spec
+    that reads a single column (``f``, ``factor(f)``, ``C(f, ...)``)."""
+    out = []
+    for expr, (kind, state) in getattr(spec, "encoder_state", {}).items():
+        if str(getattr(kind, "value", kind)) != "categorical" or "categories" not in state:
+            continue
+        if expr in columns:
+            cols = [expr]
+        else:
+            quoted, names, _ = _names_in(expr)
+            cols = [c for c in list(quoted) + sorted(names) if c in columns]
+        if len(cols) == 1:
+            out.append((cols[0], list(state["categories"])))
+    return out
+
+
+def new_model_matrix(spec: Any, newdata: pd.DataFrame, variables: list[str], float_columns: tuple[str, ...],
+                     what: str) -> np.ndarray:
+    """A fitted formulaic model spec evaluated on new data, with lme4's rules for prediction.
+
+    Factor levels are matched by value (101, 101.0 and "101" are one level); a level the fit
+    never saw is an error naming the column and the levels (lme4: "factor f has new level c"),
+    never silently the reference level. Integer columns are promoted as in the fit. A row
+    with a missing value in any variable the part reads gets NaN in every column (R's
+    ``na.pass``).
+
+    Raises
+    ------
+    ValueError
+        For a level not in the fit, or a matrix formulaic cannot build.
+    """
+    data = newdata
+    replaced = {}
+    for col, levels in _categorical_columns(spec, newdata.columns):
+        codes = match_levels(newdata[col], levels)
+        new = codes == -1
+        if new.any():
+            bad = pd.unique(newdata[col].to_numpy(dtype=object)[new]).tolist()
+            raise ValueError(f"newdata: factor {col!r} has new level(s) {_show_levels(bad)} not seen in the fit "
+                             f"(its levels: {_show_levels(levels)})")
+        lv = np.array(levels + [levels[0]], dtype=object)
+        replaced[col] = pd.Categorical(lv[np.where(codes >= 0, codes, len(levels))], categories=levels)
+    if replaced:
+        data = newdata.copy()
+        for col, val in replaced.items():
+            data[col] = val
+    data = _promote(data, float_columns)
     try:
-        return set(formulaic.Formula(rhs).required_variables)
-    except FormulaicError as exc:
-        raise ValueError(f"could not parse the {what} {rhs!r}: {str(exc).splitlines()[0]}") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            mm = spec.get_model_matrix(data, context=_R_CONTEXT, na_action="ignore")
+    except Exception as exc:  # formulaic raises many types on unusable data
+        raise ValueError(f"could not build the {what} of newdata: {str(exc).splitlines()[0]}") from None
+    out = np.asarray(mm, dtype=float)
+    if out.ndim == 1:
+        out = out[:, None]
+    cols = [v for v in variables if v in newdata.columns]
+    if cols:
+        na = newdata[cols].isna().any(axis=1).to_numpy()
+        if na.any():
+            out = out.copy()
+            out[na] = np.nan
+    return out
 
 
 def _lhs_variables(lhs: str, columns: pd.Index) -> set[str]:
     if lhs in columns:
         return {lhs}
-    found = {tok for tok in _IDENT.findall(lhs) if tok in columns}
-    return found
+    quoted = {q for q in _BACKTICKED.findall(lhs) if q in columns}
+    rest = _BACKTICKED.sub(" ", lhs)
+    return quoted | {tok for tok in _IDENT.findall(rest) if tok in columns}
+
+
+_RESPONSE_FUNCTIONS: dict[str, Any] = {"I": lambda x: x, **{k: v for k, v in _R_CONTEXT.items() if k != "factor"},
+                                       "np": np}
+
+
+def _evaluate_expression(expr: str, data: pd.DataFrame) -> pd.Series:
+    """Evaluate an arithmetic expression of columns as R would: ``^`` is a power, integer
+    columns are promoted to float first, `` `odd name` `` reads a column, and ``log``, ``exp``,
+    ``sqrt``, ``I()`` ... are available."""
+    names: dict[str, Any] = {}
+
+    def quote(m: re.Match) -> str:
+        key = f"_col{len(names)}_"
+        names[key] = m.group(1)
+        return key
+
+    text = _BACKTICKED.sub(quote, expr).replace("^", "**")
+    env: dict[str, Any] = dict(_RESPONSE_FUNCTIONS)
+    for key, col in names.items():
+        if col not in data.columns:
+            raise ValueError(f"could not evaluate the response {expr!r}: no column {col!r} in data")
+        env[key] = _numeric(data[col], expr)
+    for tok in _IDENT.findall(text):
+        if tok in data.columns and tok not in env:
+            env[tok] = _numeric(data[tok], expr)
+    try:
+        with np.errstate(all="ignore"):
+            value = eval(compile(text, "<response>", "eval"), {"__builtins__": {}}, env)  # noqa: S307
+    except Exception as exc:  # any error evaluating the user's expression
+        raise ValueError(f"could not evaluate the response {expr!r}: {exc}") from None
+    if np.isscalar(value):
+        value = np.full(len(data), value, dtype=float)
+    return pd.Series(np.asarray(value), index=data.index)
+
+
+def _numeric(col: pd.Series, expr: str) -> pd.Series:
+    if col.dtype == bool:
+        return col.astype(float)
+    if not pd.api.types.is_numeric_dtype(col.dtype):
+        raise ValueError(f"the response {expr!r} must be numeric, but column {col.name!r} has dtype {col.dtype}")
+    return col.astype(float)
 
 
 def evaluate_response(lhs: str, data: pd.DataFrame) -> tuple[np.ndarray, list[np.ndarray], tuple | None]:
@@ -544,7 +993,8 @@ def evaluate_response(lhs: str, data: pd.DataFrame) -> tuple[np.ndarray, list[np
     ----------
     lhs : str
         A column name, ``cbind(a, b)`` (each argument an expression), ``a/b`` or another
-        arithmetic expression of columns.
+        expression of columns as R reads it: ``log(y)``, ``I(y / 1000)``, ``y^2`` (a power),
+        `` `odd name` ``. Integer columns are promoted to float before any arithmetic.
     data : DataFrame
 
     Returns
@@ -564,13 +1014,9 @@ def evaluate_response(lhs: str, data: pd.DataFrame) -> tuple[np.ndarray, list[np
     def ev(expr: str) -> np.ndarray:
         expr = expr.strip()
         if expr in data.columns:
-            col = data[expr]
+            col = _numeric(data[expr], expr)
         else:
-            try:
-                col = data.eval(expr, engine="python")
-            except Exception as exc:  # pandas raises many types here
-                raise ValueError(f"could not evaluate the response {expr!r}: {exc}") from None
-        col = pd.Series(col) if not isinstance(col, pd.Series) else col
+            col = _evaluate_expression(expr, data)
         if col.dtype == bool:
             col = col.astype(float)
         if not pd.api.types.is_numeric_dtype(col.dtype):
@@ -645,15 +1091,35 @@ def build_model(formula: str, data: pd.DataFrame, *, drop_rank_deficient: bool =
     lhs_vars = _lhs_variables(parsed.lhs, data.columns)
     if not lhs_vars:
         raise ValueError(f"response {parsed.lhs!r}: no such column in data (columns: {', '.join(map(str, data.columns))})")
-    for v in lhs_vars:
+    for v in sorted(lhs_vars):
         needed.setdefault(v, "response")
-    for v in sorted(_required_fixed(parsed.fixed_rhs, "fixed-effects part")):
-        needed.setdefault(v, "fixed effects")
+    offset_vars: list[str] = []
     for e in parsed.offsets:
-        for v in sorted(_required_fixed(f"0 + I({e})", f"offset({e})")):
+        found, miss = _formula_variables(f"0 + I({e})", data.columns, f"offset({e})")
+        offset_vars += found
+        for v in found + miss:
             needed.setdefault(v, f"offset({e})")
+    group_vars = {v for term in parsed.random for v in term.group_vars}
+    fixed_rhs = _expand_dot(parsed.fixed_rhs, data, set(lhs_vars) | group_vars | set(offset_vars))
+    fixed_rhs, renames = _ordered_contrasts(fixed_rhs, data)
+    random = []
     for term in parsed.random:
-        for v in sorted(_required_fixed(term.lhs, f"random-effects term {term}")):
+        if re.search(r"(?<![A-Za-z0-9_.`])\.(?![A-Za-z0-9_.`])", term.lhs):
+            raise ValueError(f"formula {formula!r}: '.' (all other columns) is supported in the fixed part only, "
+                             f"not in the random-effects term {term}")
+        lhs, more = _ordered_contrasts(term.lhs, data)
+        renames.update(more)
+        random.append(replace(term, lhs=lhs))
+    parsed = replace(parsed, fixed_rhs=fixed_rhs, random=random)
+    fixed_vars, missing_fixed = _formula_variables(parsed.fixed_rhs, data.columns, "fixed-effects part")
+    for v in fixed_vars + missing_fixed:
+        needed.setdefault(v, "fixed effects")
+    term_vars = []
+    for term in parsed.random:
+        found, miss = ([], []) if term.lhs.strip() == "1" else _formula_variables(
+            term.lhs, data.columns, f"random-effects term {term}")
+        term_vars.append(found)
+        for v in found + miss:
             needed.setdefault(v, f"random-effects term {term}")
         for v in term.group_vars:
             needed.setdefault(v, f"grouping factor of {term}")
@@ -668,7 +1134,8 @@ def build_model(formula: str, data: pd.DataFrame, *, drop_rank_deficient: bool =
     if n_dropped:
         bad = [c for c in cols if data[c].isna().any()]
         warnings.warn(
-            f"dropped {n_dropped} of {len(data)} rows with missing values in {', '.join(bad)} (like R's na.omit)",
+            f"dropped {n_dropped} of {len(data)} rows with missing values in {', '.join(map(str, bad))} "
+            "(like R's na.omit)",
             UserWarning,
             stacklevel=2,
         )
@@ -678,13 +1145,16 @@ def build_model(formula: str, data: pd.DataFrame, *, drop_rank_deficient: bool =
 
     y, pieces, ratio = evaluate_response(parsed.lhs, sub)
     if not np.all(np.isfinite(y)):
-        raise ValueError(f"the response {parsed.lhs!r} has infinite values")
+        raise ValueError(f"the response {parsed.lhs!r} has {int(np.sum(~np.isfinite(y)))} infinite or "
+                         "undefined values (log of 0 or of a negative number?)")
 
-    X_full, xnames_full, fixed_spec = _model_matrix(parsed.fixed_rhs, sub, "fixed-effects matrix")
+    model_vars = list(dict.fromkeys(fixed_vars + [v for tv in term_vars for v in tv]))
+    float_columns = tuple(_integer_columns(sub, model_vars))
+    frame = _promote(sub, float_columns)
+    X_full, xnames_full, fixed_spec = _model_matrix(parsed.fixed_rhs, frame, "fixed-effects matrix", renames)
     if X_full.shape[0] != len(sub):
         raise ValueError("the fixed-effects matrix has a different number of rows from the data")
-    if not np.all(np.isfinite(X_full)):
-        raise ValueError("the fixed-effects matrix has infinite values")
+    _check_finite_columns(X_full, xnames_full, "fixed-effects")
     keep = _drop_dependent_columns(X_full, xnames_full)
     dropped = [xnames_full[j] for j in range(len(xnames_full)) if j not in set(keep.tolist())]
     if dropped:
@@ -700,14 +1170,15 @@ def build_model(formula: str, data: pd.DataFrame, *, drop_rank_deficient: bool =
     xnames = [xnames_full[j] for j in keep]
 
     reterms = []
-    for term in parsed.random:
+    for term, tvars in zip(parsed.random, term_vars):
         if term.lhs.strip() == "1":
             # Skip formulaic for the common intercept-only term (it is the slow part of tiny fits).
             Z, cnames, spec = np.ones((len(sub), 1)), ["(Intercept)"], None
         else:
-            Z, cnames, spec = _model_matrix(term.lhs, sub, f"random-effects term {term}")
+            Z, cnames, spec = _model_matrix(term.lhs, frame, f"random-effects term {term}", renames)
         if Z.shape[1] == 0:
             raise ValueError(f"random-effects term {term} has no columns")
+        _check_finite_columns(Z, cnames, f"random-effects term {term}")
         codes, labels, keys = grouping_codes(sub, term.group_vars)
         if len(labels) < 2:
             raise ValueError(
@@ -715,7 +1186,8 @@ def build_model(formula: str, data: pd.DataFrame, *, drop_rank_deficient: bool =
             )
         reterms.append(
             ReTerm(spec=term, group=term.group, codes=codes, levels=labels, Z=np.ascontiguousarray(Z),
-                   cnames=cnames, correlated=term.correlated, level_keys=keys, model_spec=spec)
+                   cnames=cnames, correlated=term.correlated, level_keys=keys, model_spec=spec,
+                   variables=tvars, float_columns=tuple(c for c in float_columns if c in tvars))
         )
     # lme4 orders terms by decreasing number of levels (a stable sort).
     reterms.sort(key=lambda t: -t.nlevels)
@@ -723,6 +1195,16 @@ def build_model(formula: str, data: pd.DataFrame, *, drop_rank_deficient: bool =
     return ModelStructure(
         formula=formula, parsed=parsed, data=sub, y=y, lhs_terms=pieces, lhs_ratio=ratio,
         X=X, xnames=xnames, dropped_columns=dropped, rows=data.index[complete], n_dropped=n_dropped,
-        reterms=reterms, fixed_spec=fixed_spec, x_keep=keep,
-        offset=evaluate_offsets(parsed.offsets, sub),
+        reterms=reterms, fixed_spec=fixed_spec, x_keep=keep, fixed_variables=fixed_vars,
+        float_columns=tuple(c for c in float_columns if c in fixed_vars),
+        offset=evaluate_offsets(parsed.offsets, _promote(sub, _integer_columns(sub, offset_vars))),
     )
+
+
+def _check_finite_columns(M: np.ndarray, names: list[str], what: str) -> None:
+    """No infinite values in a model matrix; the message names the columns."""
+    bad = ~np.isfinite(M)
+    if bad.any():
+        cols = [names[j] for j in np.flatnonzero(bad.any(axis=0))]
+        raise ValueError(f"the {what} column(s) {', '.join(map(repr, cols))} have {int(bad.sum())} infinite "
+                         "value(s); remove those rows or transform the variable")

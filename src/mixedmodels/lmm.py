@@ -695,17 +695,23 @@ class LinearMixedModel:
         return pd.Series(self.model.y - self.fitted().to_numpy(), index=self.model.rows, name="residuals")
 
     def predict(self, newdata: pd.DataFrame | None = None, include_random: bool = True,
-                offset=None) -> pd.Series:
+                offset=None, allow_new_levels: bool = False) -> pd.Series:
         """Predictions for new data.
 
         Parameters
         ----------
         newdata : DataFrame, optional
             Defaults to the fitted data. Must have the columns the formula's right-hand side
-            uses (grouping columns only when ``include_random``).
+            uses (grouping columns only when ``include_random``). Labels are matched by value
+            (a group fitted as 101 is found as 101, 101.0 or "101"); a fixed-factor level not
+            seen in the fit is always an error.
         include_random : bool
-            Add the random effects; a level not seen in the fit gets 0 (the population
-            prediction), as lme4's ``allow.new.levels = TRUE``.
+            Add the random effects (lme4's ``re.form = NULL``); False gives the population
+            prediction ``X beta`` (``re.form = NA``) and needs no grouping column.
+        allow_new_levels : bool
+            lme4's ``allow.new.levels``: False (the default, as lme4) makes a group not seen in
+            the fit, or a missing group, an error naming the grouping factor and the levels;
+            True predicts such rows at the population value (random effect 0).
         offset : str or array-like, optional
             The new rows' ``offset=`` values when the fit's offset argument was an array (a
             column name is read from ``newdata``; the formula's ``offset(...)`` terms are
@@ -713,7 +719,12 @@ class LinearMixedModel:
 
         Returns
         -------
-        Series indexed like ``newdata``.
+        Series indexed like ``newdata``; NaN where a covariate is missing.
+
+        Raises
+        ------
+        ValueError
+            For a missing column, a new fixed-factor level, or (unless allowed) a new group.
         """
         if newdata is None:
             return self.fitted() if include_random else pd.Series(
@@ -721,20 +732,10 @@ class LinearMixedModel:
         _validate.check_dataframe(newdata, "newdata")
         needed = _validate.predictor_columns(self.model, include_random)
         _validate.check_columns(newdata, needed, "newdata")
-        try:
-            X = self.model.fixed_matrix(newdata)
-        except Exception as exc:
-            raise ValueError(f"could not build the fixed-effects matrix of newdata: {str(exc).splitlines()[0]}") from None
+        X = self.model.fixed_matrix(newdata)
         pred = X @ self.fixef.to_numpy() + new_offset(self.model, newdata, offset)
         if include_random:
-            pairs = []
-            for t in self.model.reterms:
-                try:
-                    Z = t.new_Z(newdata)
-                except Exception as exc:
-                    raise ValueError(f"could not build the columns of {t.spec} for newdata: "
-                                     f"{str(exc).splitlines()[0]}") from None
-                pairs.append((t.new_codes(newdata), Z))
+            pairs = [(t.new_codes(newdata, allow_new_levels), t.new_Z(newdata)) for t in self.model.reterms]
             pred = pred + self._random_part(pairs)
         return pd.Series(pred, index=newdata.index, name="predicted")
 
