@@ -34,7 +34,9 @@ def test_newdata_known_and_new_levels():
     d = mm.load_ctr()
     first = int(d["id"].iloc[0])
     nd = pd.DataFrame({"display": [0, 1, 0], "id": [first, first, -1]})
-    eta = f.predict(nd)
+    with pytest.raises(ValueError, match=r"grouping factor 'id' has new level\(s\) '-1'"):
+        f.predict(nd)  # lme4's default allow.new.levels = FALSE
+    eta = f.predict(nd, allow_new_levels=True)
     b0 = f.ranef().set_index("level")["value"].loc[str(first)]
     assert eta[0] == pytest.approx(f.fixef.iloc[0] + b0)
     assert eta[1] == pytest.approx(f.fixef.sum() + b0)

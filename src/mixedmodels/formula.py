@@ -276,7 +276,7 @@ def parse_formula(formula: str) -> ParsedFormula:
                 raise ValueError(f"formula {formula!r}: an offset cannot be subtracted; write offset(-({off.group(1)}))")
             offsets.append(off.group(1).strip())
             continue
-        if "|" in stripped:
+        if "|" in _BACKTICKED.sub("", stripped):
             raise ValueError(
                 f"formula {formula!r}: random-effects terms must be written in parentheses, "
                 f"as in '(1 | g)'; could not read {stripped!r}"
@@ -799,6 +799,9 @@ def _formula_variables(rhs: str, columns: pd.Index, what: str) -> tuple[list[str
     return list(dict.fromkeys(found)), list(dict.fromkeys(missing))
 
 
+_FACTOR_ARG = re.compile(r"(?<![A-Za-z0-9_.])(?:factor|C)\(\s*(`[^`]*`|[A-Za-z_.][A-Za-z0-9_.]*)")
+
+
 def _integer_columns(data: pd.DataFrame, variables: list[str]) -> list[str]:
     """Integer columns among ``variables``: promoted to float before any formula arithmetic,
     since ``x**3`` on an int8 column would wrap around."""
@@ -1149,7 +1152,10 @@ def build_model(formula: str, data: pd.DataFrame, *, drop_rank_deficient: bool =
                          "undefined values (log of 0 or of a negative number?)")
 
     model_vars = list(dict.fromkeys(fixed_vars + [v for tv in term_vars for v in tv]))
-    float_columns = tuple(_integer_columns(sub, model_vars))
+    # Integer columns coded as factors keep their integer labels (factor(k)2, not 2.0).
+    as_factor = set(_FACTOR_ARG.findall(" ".join([parsed.fixed_rhs] + [t.lhs for t in parsed.random])))
+    as_factor = {v.strip("`") for v in as_factor}
+    float_columns = tuple(v for v in _integer_columns(sub, model_vars) if v not in as_factor)
     frame = _promote(sub, float_columns)
     X_full, xnames_full, fixed_spec = _model_matrix(parsed.fixed_rhs, frame, "fixed-effects matrix", renames)
     if X_full.shape[0] != len(sub):

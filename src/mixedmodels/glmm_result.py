@@ -11,6 +11,7 @@ import pandas as pd
 import scipy.optimize as sopt
 from scipy.stats import norm
 
+from . import _validate
 from .blas import single_thread_blas
 from .glmm_frame import GlmerFrame
 from .glmm_objective import ScalarObjective
@@ -189,8 +190,9 @@ class GlmerResult:
         return self.opt
 
     # ---- prediction ---------------------------------------------------------------------
-    def _re_sd_rows(self, terms, Zs):
-        """Per-row variance of the random part ``sum_t z_t' b_t`` under the model."""
+    def _re_sd_rows(self, terms, Zs, which=None):
+        """Per-row variance of the random part ``sum_t z_t' b_t`` under the model (only the
+        terms' rows flagged in ``which``, a list of boolean arrays, when given)."""
         obj = self._obj
         var = np.zeros(len(Zs[0]))
         for ti, (t, Z) in enumerate(zip(terms, Zs)):
@@ -199,27 +201,53 @@ class GlmerResult:
             else:
                 T = obj._T(self.theta, ti)
                 S = T @ T.T
-            var += np.einsum("ij,jk,ik->i", Z, S, Z)
+            v = np.einsum("ij,jk,ik->i", Z, S, Z)
+            var += v if which is None else np.where(which[ti], v, 0.0)
         return var
+
+    def _marginal_mean(self, eta: np.ndarray, sd: np.ndarray) -> np.ndarray:
+        """``E[g^-1(eta + sd u)]`` for ``u ~ N(0, 1)``, row by row."""
+        # Trapezoid on a fine fixed grid, not Gauss-Hermite: expit(eta + sd u) has poles
+        # pi/sd from the real axis, which slows Gauss-Hermite badly when sd is large,
+        # while the trapezoid rule's error stays ~exp(-2 pi^2 / (sd h)). (The probit's and
+        # cloglog's inverse links are entire functions; the same grid serves them.)
+        grid = np.linspace(-12.0, 12.0, 4001)
+        w = norm.pdf(grid) * (grid[1] - grid[0])
+        w[[0, -1]] *= 0.5
+        out = np.empty(len(eta))
+        for a in range(0, len(eta), 2000):
+            sl = slice(a, a + 2000)
+            out[sl] = self.family.linkinv(eta[sl, None] + sd[sl, None] * grid[None, :]) @ w
+        return out
 
     def predict(self, newdata: pd.DataFrame | None = None, type: str = "link",
                 population_average: bool = False, include_random: bool = True,
-                offset=None) -> pd.Series:
+                offset=None, allow_new_levels: bool = False) -> pd.Series:
         """Predictions on the link or the response scale.
 
         Parameters
         ----------
         newdata : DataFrame, optional
-            Defaults to the fitted data. Levels not seen in the fit get random effect 0.
+            Defaults to the fitted data. Labels are matched by value (a group fitted as 101
+            is found as 101, 101.0 or "101"); a fixed-factor level not seen in the fit is
+            always an error.
         type : {"link", "response"}
         population_average : bool
             With ``type="response"``: the mean response of a *random* member of the
             population at these covariates, ``E[g^-1(x'beta + z'b)]`` integrated over the
             random effects' distribution (lme4 issue #281). ``g^-1(x'beta)``, the response at
-            ``b = 0``, is far below it when the random-effect SD is large.
+            ``b = 0``, is far below it when the random-effect SD is large. Needs no grouping
+            column.
         include_random : bool
             False sets every random effect to 0 (lme4's ``re.form = NA``), as the LMM's
-            ``predict``.
+            ``predict``; no grouping column is needed then.
+        allow_new_levels : bool
+            lme4's ``allow.new.levels``. False (the default, as lme4): a group not seen in the
+            fit, or a missing group, is an error naming the grouping factor and the levels.
+            True: such a row gets the population value for that term, which on the link scale
+            is random effect 0 and with ``type="response"`` is the population-averaged mean
+            over the new group's random effects (``E[g^-1(eta + z'b)]``, the mean response of
+            a group never seen; ``g^-1`` at ``b = 0`` is lower than that for a logit model).
         offset : str or array-like, optional
             The new rows' ``offset=`` values when the fit's offset argument was an array (a
             column name is read from ``newdata``; the formula's ``offset(...)`` terms are
@@ -228,7 +256,14 @@ class GlmerResult:
         Returns
         -------
         Series
-            Indexed like ``newdata`` (or the rows used in the fit).
+            Indexed like ``newdata`` (or the rows used in the fit); NaN where a covariate is
+            missing.
+
+        Raises
+        ------
+        ValueError
+            For a bad ``type``, a missing column, a new fixed-factor level, or (unless allowed)
+            a new group.
         """
         if type not in ("link", "response"):
             raise ValueError(f"`type` must be 'link' or 'response', got {type!r}")
@@ -237,38 +272,40 @@ class GlmerResult:
                              "the population average is x'beta: use include_random=False)")
         ms = self.frame.ms
         terms = ms.reterms
+        need_z = include_random or population_average
         if newdata is None:
             X = ms.X
             codes = [t.codes for t in terms]
             Zs = [t.Z for t in terms]
             index = ms.rows
         else:
-            if not isinstance(newdata, pd.DataFrame):
-                raise ValueError("`newdata` must be a pandas DataFrame")
+            _validate.check_dataframe(newdata, "newdata")
+            needed = _validate.predictor_columns(ms, include_random and not population_average)
+            if need_z:
+                needed += [v for t in terms for v in t.variables]
+            _validate.check_columns(newdata, list(dict.fromkeys(needed)), "newdata")
             X = ms.fixed_matrix(newdata)
-            codes = [t.new_codes(newdata) for t in terms]
-            Zs = [t.new_Z(newdata) for t in terms]
+            Zs = [t.new_Z(newdata) for t in terms] if need_z else None
+            codes = ([t.new_codes(newdata, allow_new_levels) for t in terms]
+                     if include_random and not population_average else None)
             index = newdata.index
         eta = X @ self.fixef.to_numpy() + new_offset(ms, newdata, offset)
         if population_average:
             sd = np.sqrt(self._re_sd_rows(terms, Zs))
-            # Trapezoid on a fine fixed grid, not Gauss-Hermite: expit(eta + sd u) has poles
-            # pi/sd from the real axis, which slows Gauss-Hermite badly when sd is large,
-            # while the trapezoid rule's error stays ~exp(-2 pi^2 / (sd h)). (The probit's and
-            # cloglog's inverse links are entire functions; the same grid serves them.)
-            grid = np.linspace(-12.0, 12.0, 4001)
-            w = norm.pdf(grid) * (grid[1] - grid[0])
-            w[[0, -1]] *= 0.5
-            out = np.empty(len(eta))
-            for a in range(0, len(eta), 2000):
-                sl = slice(a, a + 2000)
-                out[sl] = self.family.linkinv(eta[sl, None] + sd[sl, None] * grid[None, :]) @ w
-            return pd.Series(out, index=index, name="population_average")
+            return pd.Series(self._marginal_mean(eta, sd), index=index, name="population_average")
         if include_random:
             for t, c, Z, (B, _) in zip(terms, codes, Zs, self._re_matrices()):
                 Bx = np.vstack([B, np.zeros((1, B.shape[1]))])  # row -1 -> new level -> 0
                 eta = eta + np.sum(Z * Bx[c], axis=1)
-        out = eta if type == "link" else self.family.linkinv(eta)
+        if type == "link":
+            return pd.Series(eta, index=index, name=type)
+        out = self.family.linkinv(eta)
+        if include_random:
+            new = [c < 0 for c in codes]
+            if any(n.any() for n in new):
+                rows = np.logical_or.reduce(new)
+                sd = np.sqrt(self._re_sd_rows(terms, Zs, which=new))
+                out[rows] = self._marginal_mean(eta[rows], sd[rows])
         return pd.Series(out, index=index, name=type)
 
     def fitted(self) -> pd.Series:

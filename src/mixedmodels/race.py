@@ -511,11 +511,13 @@ class GLMM:
         pop = self.population_average
 
         def predictor(newdata: pd.DataFrame) -> np.ndarray:
-            p = np.array(res.predict(newdata, type="response"), dtype=float)  # a copy to fill
+            # New users get the population-averaged rate (predict's rule for new levels on the
+            # response scale) or, without ``population_average``, the rate at effect 0.
+            p = np.array(res.predict(newdata, type="response", allow_new_levels=True), dtype=float)
             new = ~newdata[self.user].astype(object).isin(known).to_numpy()
-            if pop and new.any():
+            if not pop and new.any():
                 p[new] = np.asarray(res.predict(newdata.loc[new], type="response",
-                                                population_average=True), dtype=float)
+                                                include_random=False), dtype=float)
             return p
 
         fixef = res.fixef
