@@ -13,6 +13,24 @@ The fixed part and the columns of each random term are built by ``formulaic``; w
 rename its column labels to R's (``(Intercept)``, ``Bowlong`` rather than ``Bow[T.long]``) so
 that results read like lme4's. Grouping columns of any dtype are treated as categorical.
 
+Formulas read as R reads them:
+
+* ``^`` inside a function call is a power: ``I(x^2)``, ``log(x^2)`` (Python's ``^`` would be a
+  bitwise XOR). At the formula's own level ``(a + b)^2`` still crosses terms, as in R.
+* Integer columns are promoted to float before any arithmetic, so ``I(x^3)`` on an ``int8``
+  column never wraps around (a column coded as a factor, ``factor(k)``, keeps its labels).
+* ``center(x)``, ``scale(x)`` (R's, dividing by the n - 1 SD) and ``poly(x, k)`` (orthogonal
+  polynomials, R's values and names ``poly(x, 2)1``) work, and remember the fit's centring and
+  scaling when predicting on new data.
+* An ordered categorical gets R's polynomial contrasts (``contr.poly``; columns ``o.L``,
+  ``o.Q``, ``o.C``, ``o^4``...), an unordered one treatment contrasts.
+* ``factor(g)`` / ``as.factor(g)`` anywhere, `` `odd name` `` for any column, transformations
+  of the response (``log(y) ~ ...``, ``I(y / 1000) ~ ...``), and ``y ~ . + (1 | g)``, where the
+  dot is every column but the response's and the grouping factors'.
+* A function the formula language does not know is an error naming it and listing those it
+  does (``log``, ``exp``, ``sqrt``, ``abs``, ``poly``, ``center``, ``scale``, ``factor``, ``C``,
+  ``bs``, ``np.*``).
+
 Example
 -------
 >>> import pandas as pd
