@@ -37,7 +37,8 @@ import pandas as pd
 
 from .families import Family, get_family
 from .formula import (ModelStructure, ReTerm, _drop_dependent_columns, _label, _lhs_variables,
-                      _model_matrix, _required_fixed, evaluate_response, parse_formula)
+                      _model_matrix, _required_fixed, apply_new_level_rule, evaluate_response, match_levels,
+                      parse_formula)
 from .blas import single_thread_blas
 from .glmm import fit_frame
 from .glmm_frame import GlmerFrame, _check_zero_denominators, frame_from_model
@@ -355,9 +356,16 @@ class DaskReTerm:
                             for v in self.keys]
         return self._levels
 
-    def new_codes(self, data: pd.DataFrame) -> np.ndarray:
-        """Level indices of the rows of ``data``; -1 marks a level not seen in the fit."""
-        return pd.Index(self.keys).get_indexer(data[self.group].to_numpy()).astype(np.int64)
+    @property
+    def variables(self) -> list[str]:
+        """The data columns the term's columns read."""
+        return [] if self.model_spec is None else sorted(_required_fixed(self.spec.lhs, str(self.spec)))
+
+    def new_codes(self, data: pd.DataFrame, allow_new_levels: bool = False) -> np.ndarray:
+        """Level indices of the rows of ``data``, matched by value; a new level is an error
+        unless ``allow_new_levels`` (then -1), as :meth:`mixedmodels.formula.ReTerm.new_codes`."""
+        codes = match_levels(data[self.group], list(self.keys))
+        return apply_new_level_rule(codes, data, (self.group,), self.group, allow_new_levels)
 
     def new_Z(self, data: pd.DataFrame) -> np.ndarray:
         if self.model_spec is None:
@@ -382,6 +390,11 @@ class DaskModel:
     @property
     def p(self) -> int:
         return len(self.xnames)
+
+    @property
+    def fixed_variables(self) -> list[str]:
+        """The data columns the fixed part reads."""
+        return sorted(_required_fixed(self.parsed.fixed_rhs, "fixed-effects part"))
 
     def fixed_matrix(self, newdata: pd.DataFrame) -> np.ndarray:
         """The fixed-effects matrix of new data (same coding, same kept columns)."""
@@ -794,7 +807,7 @@ class DaskGlmerResult(GlmerResult):
                          "Dask frame)")
 
     def predict(self, newdata=None, type: str = "link", population_average: bool = False,
-                include_random: bool = True):
+                include_random: bool = True, allow_new_levels: bool = False):
         """Predictions for ``newdata`` (pandas, or Dask: then a Dask Series), as the in-memory
         :meth:`~mixedmodels.glmm.GlmerResult.predict`; ``newdata`` is required."""
         if newdata is None:
@@ -805,10 +818,11 @@ class DaskGlmerResult(GlmerResult):
             return newdata.map_partitions(
                 lambda d: GlmerResult.predict(self, d, type=type,
                                               population_average=population_average,
-                                              include_random=include_random), meta=meta)
+                                              include_random=include_random,
+                                              allow_new_levels=allow_new_levels), meta=meta)
         return GlmerResult.predict(self, newdata, type=type,
                                    population_average=population_average,
-                                   include_random=include_random)
+                                   include_random=include_random, allow_new_levels=allow_new_levels)
 
 
 def glmer_dask(formula: str, data, family: str | Family = "binomial",

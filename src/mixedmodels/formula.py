@@ -67,6 +67,7 @@ __all__ = [
     "evaluate_response",
     "grouping_codes",
     "match_levels",
+    "apply_new_level_rule",
     "new_model_matrix",
 ]
 
@@ -459,25 +460,7 @@ class ReTerm:
             ok = (stacked >= 0).all(axis=1)
             for r in np.flatnonzero(ok):
                 codes[r] = index.get(tuple(stacked[r]), -1)
-        if not allow_new_levels:
-            missing = codes == -2
-            if missing.any():
-                raise ValueError(
-                    f"newdata: the grouping factor {self.group!r} has missing values in {int(missing.sum())} "
-                    "row(s); pass allow_new_levels=True to predict them at the population level "
-                    "(random effect 0), as lme4 does")
-            new = codes == -1
-            if new.any():
-                cols = [data[v].to_numpy(dtype=object)[new] for v in gvars]
-                labels = [":".join(_label(x.item() if isinstance(x, np.generic) else x) for x in key)
-                          for key in zip(*cols)]
-                bad = list(dict.fromkeys(labels))
-                raise ValueError(
-                    f"newdata: the grouping factor {self.group!r} has new level(s) {_show_levels(bad)} not "
-                    "seen in the fit; pass allow_new_levels=True to predict them at the population level "
-                    "(random effect 0), as lme4's allow.new.levels = TRUE")
-        codes[codes == -2] = -1
-        return codes
+        return apply_new_level_rule(codes, data, gvars, self.group, allow_new_levels)
 
     def new_Z(self, data: pd.DataFrame) -> np.ndarray:
         """The term's columns evaluated on new data (factor levels matched as in
@@ -744,6 +727,35 @@ def match_levels(values: pd.Series | np.ndarray | list, known: list) -> np.ndarr
     return mapped[np.asarray(codes)]
 
 
+def apply_new_level_rule(codes: np.ndarray, data: pd.DataFrame, group_vars: tuple[str, ...], group: str,
+                         allow_new_levels: bool) -> np.ndarray:
+    """lme4's ``allow.new.levels`` on codes from :func:`match_levels` (-1 new, -2 missing).
+
+    Returns the codes with every new or missing level as -1 when allowed; otherwise raises
+    ValueError naming the grouping factor and its new levels (or its missing values).
+    """
+    codes = np.asarray(codes, dtype=np.int64).copy()
+    if not allow_new_levels:
+        missing = codes == -2
+        if missing.any():
+            raise ValueError(
+                f"newdata: the grouping factor {group!r} has missing values in {int(missing.sum())} "
+                "row(s); pass allow_new_levels=True to predict them at the population level "
+                "(random effect 0), as lme4 does")
+        new = codes == -1
+        if new.any():
+            cols = [data[v].to_numpy(dtype=object)[new] for v in group_vars]
+            labels = [":".join(_label(x.item() if isinstance(x, np.generic) else x) for x in key)
+                      for key in zip(*cols)]
+            bad = list(dict.fromkeys(labels))
+            raise ValueError(
+                f"newdata: the grouping factor {group!r} has new level(s) {_show_levels(bad)} not "
+                "seen in the fit; pass allow_new_levels=True to predict them at the population level "
+                "(random effect 0), as lme4's allow.new.levels = TRUE")
+    codes[codes == -2] = -1
+    return codes
+
+
 def _show_levels(values: list, limit: int = 8) -> str:
     shown = ", ".join(repr(v.item() if isinstance(v, np.generic) else v) for v in values[:limit])
     return shown + (f" and {len(values) - limit} more" if len(values) > limit else "")
@@ -818,6 +830,13 @@ def _formula_variables(rhs: str, columns: pd.Index, what: str) -> tuple[list[str
 
 
 _FACTOR_ARG = re.compile(r"(?<![A-Za-z0-9_.])(?:factor|C)\(\s*(`[^`]*`|[A-Za-z_.][A-Za-z0-9_.]*)")
+
+
+def _required_fixed(rhs: str, what: str) -> set[str]:
+    """Every name a right-hand side reads as data (columns or not), for callers that have no
+    DataFrame at hand yet (the Dask fitter checks its columns with it)."""
+    found, missing = _formula_variables(rhs, pd.Index([]), what)
+    return set(found) | set(missing)
 
 
 def _integer_columns(data: pd.DataFrame, variables: list[str]) -> list[str]:
