@@ -30,7 +30,7 @@ from .bootstrap import bootstrap, bootstrap_confint
 from .compare import anova, compare
 from .datasets import ClickData, load_ctr, make_click_data
 from .gibbs import HalfT, InverseGamma, gibbs_random_intercept
-from .glmm import ConvergenceWarning, GlmerResult, QuadratureWarning, glmer
+from .glmm import ConvergenceWarning, GlmerResult, QuadratureWarning, glmer, glmer_nb
 from .lmm import LinearMixedModel, deviance_function, lmer
 from .race import mspe
 from .refit import refit, update
@@ -45,6 +45,7 @@ __all__ = [
     "LinearMixedModel",
     "deviance_function",
     "glmer",
+    "glmer_nb",
     "GlmerResult",
     "ConvergenceWarning",
     "QuadratureWarning",

@@ -22,17 +22,23 @@ is ``m * (y * log(mu) + (1 - y) * log(1 - mu)) + c(y, m)``, for the logit
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.special import erfcx, expit, gammaln, log_ndtr, ndtr, ndtri
 
 __all__ = ["Family", "Binomial", "Poisson", "binomial", "poisson", "get_family",
-           "BINOMIAL_LINKS", "POISSON_LINKS"]
+           "BINOMIAL_LINKS", "POISSON_LINKS", "Gamma", "InverseGaussian", "NegativeBinomial",
+           "inverse_gaussian", "negative_binomial", "GAMMA_LINKS", "INVERSE_GAUSSIAN_LINKS",
+           "NB_LINKS"]
 
 #: Links implemented per family; the first is the default (canonical) one.
 BINOMIAL_LINKS = ("logit", "probit", "cloglog")
 POISSON_LINKS = ("log",)
+GAMMA_LINKS = ("log", "inverse")
+INVERSE_GAUSSIAN_LINKS = ("1/mu^2",)
+NB_LINKS = ("log",)
 
 _SQRT_2_OVER_PI = np.sqrt(2.0 / np.pi)
 _SQRT_HALF = np.sqrt(0.5)
@@ -395,8 +401,302 @@ class Poisson(Family):
         return d1, d2, d2
 
 
-_FAMILIES = {"binomial": Binomial, "poisson": Poisson}
-_LINKS = {"binomial": BINOMIAL_LINKS, "poisson": POISSON_LINKS}
+# -- families with a dispersion parameter ---------------------------------------------------
+#
+# Gamma, inverse Gaussian and negative binomial (NB2) carry a dispersion parameter that the
+# GLMM estimates jointly with the fixed effects and the random-effect covariance by maximum
+# likelihood (as glmmTMB; lme4's Gamma uses a moment estimate, and its glmer.nb alternates).
+# A family object holds one value of it (``with_dispersion`` gives another); its row
+# log-density keeps every constant, which therefore depends on the dispersion, so
+# ``log_const`` is 0 and ``loglik_rows`` is the whole log-density. The Laplace approximation and
+# the quadrature scale use the observed information (``canonical`` is True for them in that
+# sense), as glmmTMB's Laplace does; every implemented link keeps the row log-likelihood
+# concave in eta, which the conditional-mode iteration relies on.
+
+#: Below this eta the inverse links' log(eta) and sqrt(eta) are continued by their second-order
+#: Taylor expansion: finite, concave and steep, so a Newton step of the mode search that lands
+#: at eta <= 0 (where the density is undefined) is pulled back instead of producing NaN.
+_ETA_MIN = 1e-8
+
+
+def _log_barrier(eta):
+    """``log(eta)`` and its first three derivatives, continued quadratically below _ETA_MIN."""
+    eta = np.asarray(eta, dtype=float)
+    e = np.maximum(eta, _ETA_MIN)
+    d = eta - e                                  # 0 where eta >= _ETA_MIN, negative below
+    f = np.log(e) + d / e - 0.5 * d * d / (e * e)
+    f1 = 1.0 / e - d / (e * e)
+    f2 = -1.0 / (e * e) + 0.0 * d
+    f3 = np.where(d < 0, 0.0, 2.0 / (e * e * e))
+    return f, f1, f2, f3
+
+
+def _sqrt_barrier(eta):
+    """``sqrt(eta)`` and its first three derivatives, continued quadratically below _ETA_MIN."""
+    eta = np.asarray(eta, dtype=float)
+    e = np.maximum(eta, _ETA_MIN)
+    d = eta - e
+    r = np.sqrt(e)
+    f = r + 0.5 * d / r - 0.125 * d * d / (e * r)
+    f1 = 0.5 / r - 0.25 * d / (e * r)
+    f2 = -0.25 / (e * r) + 0.0 * d
+    f3 = np.where(d < 0, 0.0, 0.375 / (e * e * r))
+    return f, f1, f2, f3
+
+
+@dataclass(frozen=True)
+class _DispersionFamily(Family):
+    """Shared behaviour of the families with a dispersion parameter."""
+
+    #: The dispersion parameter's value (Gamma: shape; NB: theta; inverse Gaussian: phi).
+    dispersion: float = 1.0
+
+    #: Name of the dispersion parameter in results (``fit.dispersion``).
+    dispersion_name = "dispersion"
+    has_dispersion = True
+
+    @property
+    def canonical(self) -> bool:
+        # Not "canonical link": the observed information scales Laplace and AGQ, as glmmTMB.
+        return True
+
+    def with_dispersion(self, value: float) -> "_DispersionFamily":
+        """The same family and link with another dispersion value."""
+        return dataclasses.replace(self, dispersion=float(value))
+
+    def log_const(self, y, m):
+        return np.zeros_like(np.asarray(y, dtype=float))
+
+    def loglik_d1(self, eta, y, m, const):
+        return self.loglik_rows(eta, y, m, const), self.derivs(eta, y, m, order=2)[0]
+
+    def __str__(self) -> str:
+        return f"{self.name}  ( {self.link} ), {self.dispersion_name} {self.dispersion:.4g}"
+
+
+@dataclass(frozen=True)
+class Gamma(_DispersionFamily):
+    """Gamma with shape ``alpha`` (``dispersion``): mean ``mu``, variance ``mu^2 / alpha``.
+
+    Parameters
+    ----------
+    link : {"log", "inverse"}
+        ``log`` (``mu = exp(eta)``) or the canonical ``inverse`` (``mu = 1 / eta``, which
+        needs ``eta > 0``).
+    dispersion : float
+        The shape ``alpha`` (glmmTMB's ``sigma`` is ``1 / sqrt(alpha)``, the coefficient of
+        variation).
+
+    Notes
+    -----
+    Row log-density: ``m (alpha log(alpha y / mu) - alpha y / mu - log y - lgamma(alpha))``.
+    """
+
+    name: str = "Gamma"
+    link: str = "log"
+    dispersion: float = 1.0
+    dispersion_name = "shape"
+
+    def __post_init__(self) -> None:
+        _check_link(self.name, self.link)
+
+    def linkinv(self, eta):
+        if self.link == "inverse":
+            return 1.0 / np.asarray(eta, dtype=float)
+        return np.exp(eta)
+
+    def linkfun(self, mu):
+        mu = np.asarray(mu, dtype=float)
+        return 1.0 / mu if self.link == "inverse" else np.log(mu)
+
+    def variance(self, mu):
+        return np.asarray(mu, dtype=float) ** 2 / self.dispersion
+
+    def _parts(self, eta):
+        """``log mu`` and ``1 / mu`` (with their eta-derivatives)."""
+        if self.link == "inverse":
+            lg, l1, l2, l3 = _log_barrier(eta)     # log(1/mu) = log(eta)
+            return -lg, -l1, -l2, -l3, np.asarray(eta, float), np.ones_like(lg), 0.0, 0.0
+        eta = np.asarray(eta, dtype=float)
+        inv = np.exp(-eta)
+        return eta, 1.0, 0.0, 0.0, inv, -inv, inv, -inv
+
+    def loglik_rows(self, eta, y, m, const=None):
+        a = self.dispersion
+        logmu, _, _, _, inv, _, _, _ = self._parts(eta)
+        with np.errstate(divide="ignore"):
+            ly = np.log(y)
+        return m * (a * (np.log(a) + ly - logmu) - a * y * inv - ly - gammaln(a))
+
+    def derivs(self, eta, y, m, order=2):
+        a = self.dispersion
+        _, l1, l2, l3, _, i1, i2, i3 = self._parts(eta)
+        d1 = -m * a * (l1 + y * i1)
+        d2 = -m * a * (l2 + y * i2)
+        if order < 2:
+            return (d1,)
+        if order < 3:
+            return d1, d2
+        return d1, d2, -m * a * (l3 + y * i3)
+
+    def sample(self, mu, m, rng):
+        a = self.dispersion
+        return rng.gamma(a, np.asarray(mu, dtype=float) / a)
+
+    def dispersion_start(self, y, mu):
+        """Moment estimate of the shape from a GLM fit's means: ``1 / mean(((y - mu)/mu)^2)``."""
+        cv2 = np.mean(((y - mu) / mu) ** 2)
+        return float(1.0 / cv2) if np.isfinite(cv2) and cv2 > 0 else 1.0
+
+
+@dataclass(frozen=True)
+class InverseGaussian(_DispersionFamily):
+    """Inverse Gaussian with dispersion ``phi``: mean ``mu``, variance ``phi mu^3``.
+
+    Parameters
+    ----------
+    link : {"1/mu^2"}
+        The canonical link ``eta = 1 / mu^2`` (needs ``eta > 0``), R's default. (The log
+        link's row log-likelihood is not concave in eta, which the mode search needs.)
+    dispersion : float
+        ``phi`` (``1 / lambda`` of the usual ``IG(mu, lambda)``).
+
+    Notes
+    -----
+    Row log-density: ``m (-log(2 pi phi y^3) / 2 - (y - mu)^2 / (2 phi mu^2 y))``, and
+    ``(y - mu)^2 / (mu^2 y) = y eta - 2 sqrt(eta) + 1 / y``.
+    """
+
+    name: str = "inverse_gaussian"
+    link: str = "1/mu^2"
+    dispersion: float = 1.0
+    dispersion_name = "dispersion"
+
+    def __post_init__(self) -> None:
+        _check_link(self.name, self.link)
+
+    def linkinv(self, eta):
+        return 1.0 / np.sqrt(np.asarray(eta, dtype=float))
+
+    def linkfun(self, mu):
+        return 1.0 / np.asarray(mu, dtype=float) ** 2
+
+    def variance(self, mu):
+        return self.dispersion * np.asarray(mu, dtype=float) ** 3
+
+    def loglik_rows(self, eta, y, m, const=None):
+        phi = self.dispersion
+        r = _sqrt_barrier(eta)[0]
+        with np.errstate(divide="ignore"):
+            return m * (-0.5 * np.log(2 * np.pi * phi * y ** 3)
+                        - (y * np.asarray(eta, float) - 2.0 * r + 1.0 / y) / (2.0 * phi))
+
+    def derivs(self, eta, y, m, order=2):
+        phi = self.dispersion
+        _, r1, r2, r3 = _sqrt_barrier(eta)
+        d1 = -m * (y - 2.0 * r1) / (2.0 * phi)
+        d2 = m * r2 / phi
+        if order < 2:
+            return (d1,)
+        if order < 3:
+            return d1, d2
+        return d1, d2, m * r3 / phi
+
+    def sample(self, mu, m, rng):
+        return rng.wald(np.asarray(mu, dtype=float), 1.0 / self.dispersion)
+
+    def dispersion_start(self, y, mu):
+        """Moment estimate ``mean((y - mu)^2 / mu^3)``."""
+        phi = np.mean((y - mu) ** 2 / mu ** 3)
+        return float(phi) if np.isfinite(phi) and phi > 0 else 1.0
+
+
+@dataclass(frozen=True)
+class NegativeBinomial(_DispersionFamily):
+    """Negative binomial NB2 (glmmTMB's ``nbinom2``, lme4's ``glmer.nb``): variance
+    ``mu + mu^2 / theta``.
+
+    Parameters
+    ----------
+    link : {"log"}
+    dispersion : float
+        ``theta`` (R's ``size``; glmmTMB's ``sigma``). Large theta approaches the Poisson.
+
+    Notes
+    -----
+    Row log-probability: ``lgamma(y + theta) - lgamma(theta) - lgamma(y + 1)
+    + theta log(theta / (mu + theta)) + y log(mu / (mu + theta))`` (times the prior weight).
+    """
+
+    name: str = "negative_binomial"
+    link: str = "log"
+    dispersion: float = 1.0
+    dispersion_name = "theta"
+
+    def __post_init__(self) -> None:
+        _check_link(self.name, self.link)
+
+    def linkinv(self, eta):
+        return np.exp(eta)
+
+    def linkfun(self, mu):
+        with np.errstate(divide="ignore"):
+            return np.log(mu)
+
+    def variance(self, mu):
+        mu = np.asarray(mu, dtype=float)
+        return mu + mu * mu / self.dispersion
+
+    def loglik_rows(self, eta, y, m, const=None):
+        th = self.dispersion
+        eta = np.asarray(eta, dtype=float)
+        lmt = np.logaddexp(eta, np.log(th))        # log(mu + theta), no overflow
+        return m * (gammaln(y + th) - gammaln(th) - gammaln(y + 1.0)
+                    + th * (np.log(th) - lmt) + y * (eta - lmt))
+
+    def derivs(self, eta, y, m, order=2):
+        th = self.dispersion
+        eta = np.asarray(eta, dtype=float)
+        p = np.exp(eta - np.logaddexp(eta, np.log(th)))   # mu / (mu + theta)
+        q = 1.0 - p                                        # theta / (mu + theta)
+        d1 = m * (y - (y + th) * p)
+        d2 = -m * (y + th) * p * q
+        if order < 2:
+            return (d1,)
+        if order < 3:
+            return d1, d2
+        return d1, d2, -m * (y + th) * p * q * (q - p)
+
+    def sample(self, mu, m, rng):
+        th = self.dispersion
+        mu = np.asarray(mu, dtype=float)
+        return rng.negative_binomial(th, th / (th + mu)).astype(float)
+
+    def dispersion_start(self, y, mu):
+        """Moment estimate from ``Var = mu + mu^2 / theta`` (10 if there is no overdispersion)."""
+        excess = np.sum((y - mu) ** 2 - mu)
+        th = np.sum(mu ** 2) / excess if excess > 0 else 10.0
+        return float(np.clip(th, 1e-3, 1e3))
+
+
+def inverse_gaussian(link: str = "1/mu^2") -> InverseGaussian:
+    """The inverse Gaussian family with its canonical link ``1/mu^2`` (R's ``inverse.gaussian``)."""
+    return InverseGaussian(link=link)
+
+
+def negative_binomial(theta: float = 1.0, link: str = "log") -> NegativeBinomial:
+    """The NB2 negative binomial (glmmTMB's ``nbinom2``); ``theta`` is only a starting value in
+    ``glmer``, which estimates it."""
+    return NegativeBinomial(link=link, dispersion=theta)
+
+
+_FAMILIES = {"binomial": Binomial, "poisson": Poisson, "gamma": Gamma,
+             "inverse_gaussian": InverseGaussian, "negative_binomial": NegativeBinomial}
+_ALIASES = {"inverse.gaussian": "inverse_gaussian", "inversegaussian": "inverse_gaussian",
+            "nbinom2": "negative_binomial", "negbin": "negative_binomial", "nb": "negative_binomial",
+            "negative.binomial": "negative_binomial"}
+_LINKS = {"binomial": BINOMIAL_LINKS, "poisson": POISSON_LINKS, "Gamma": GAMMA_LINKS,
+          "inverse_gaussian": INVERSE_GAUSSIAN_LINKS, "negative_binomial": NB_LINKS}
 
 
 def _check_link(name: str, link) -> str:
@@ -451,6 +751,7 @@ def get_family(family: str | Family, link: str | None = None) -> Family:
                              f"family object {family}; give the link in one place only")
         return family
     key = str(family).lower()
+    key = _ALIASES.get(key, key)
     if key not in _FAMILIES:
         raise ValueError(
             f"`family` must be one of {sorted(_FAMILIES)}, got {family!r}"

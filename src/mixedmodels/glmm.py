@@ -51,7 +51,7 @@ from .results import ConvergenceWarning
 
 __all__ = [
     "glmer", "glmer_frame", "make_objective", "optimize_glmer", "check_optimum",
-    "GlmerFrame", "GlmerResult", "GlmerOptSummary", "QuadratureWarning", "ConvergenceWarning",
+    "glmer_nb", "GlmerFrame", "GlmerResult", "GlmerOptSummary", "QuadratureWarning", "ConvergenceWarning",
 ]
 
 
@@ -73,9 +73,13 @@ def glmer(formula: str, data: pd.DataFrame, family: str | Family = "binomial",
     data : pandas.DataFrame or dask.dataframe.DataFrame
         Not modified. A Dask frame is fitted out of core on a ``dask.distributed`` cluster
         (:func:`mixedmodels.distributed.glmer_dask`; one scalar random-effect term).
-    family : {"binomial", "poisson"} or Family
+    family : {"binomial", "poisson", "Gamma", "inverse_gaussian", "negative_binomial"} or Family
         The family, or a family object with its link, as R's ``binomial(link = "probit")``:
-        ``mixedmodels.families.binomial(link="probit")``.
+        ``mixedmodels.families.binomial(link="probit")``, ``families.Gamma(link="inverse")``.
+        Gamma, inverse Gaussian and negative binomial (NB2) have a dispersion parameter (the
+        Gamma shape, phi, theta) estimated jointly by maximum likelihood, as glmmTMB
+        (``result.dispersion``); their Laplace approximation uses the observed information,
+        as glmmTMB's, and adaptive quadrature works for them as for the others.
     weights : str or array, optional
         Prior weights (binomial: numbers of trials), a column name or an array.
     nagq : int or "auto"
@@ -88,8 +92,9 @@ def glmer(formula: str, data: pd.DataFrame, family: str | Family = "binomial",
         how many it used (``result.nagq``); for other structures it means Laplace.
     start : array, optional
         Starting ``(beta, theta)``.
-    link : {"logit", "probit", "cloglog"} or {"log"}, optional
-        The link, default the canonical one (logit for the binomial, log for the Poisson).
+    link : {"logit", "probit", "cloglog"} or {"log"} or {"log", "inverse"}, optional
+        The link, default the canonical one (logit for the binomial, log for the Poisson),
+        log for the Gamma and the negative binomial, ``1/mu^2`` for the inverse Gaussian.
         For probit and cloglog the Laplace approximation and the quadrature nodes are scaled
         by the expected information, as lme4 does, so ``nagq=1`` gives lme4's Laplace fit.
     offset : str or array-like, optional
@@ -137,6 +142,29 @@ def glmer(formula: str, data: pd.DataFrame, family: str | Family = "binomial",
                                             "weights": weights, "nagq": nagq, "link": link,
                                             "offset": offset}}
     return res
+
+
+def glmer_nb(formula: str, data: pd.DataFrame, **kwargs) -> "GlmerResult":
+    """Negative binomial (NB2) GLMM, lme4's ``glmer.nb``: ``glmer(..., family="negative_binomial")``.
+
+    ``theta`` (variance ``mu + mu^2 / theta``) is estimated jointly with the other parameters
+    by maximum likelihood, as glmmTMB's ``nbinom2`` (lme4 alternates between theta and the
+    rest and can stop short of the optimum). It is ``fit.dispersion``.
+
+    Parameters
+    ----------
+    formula, data
+        As :func:`glmer`; the response must be counts.
+    **kwargs
+        Any other argument of :func:`glmer` (``nagq``, ``offset``, ``weights``, ``start``).
+
+    Returns
+    -------
+    GlmerResult
+    """
+    if "family" in kwargs:
+        raise ValueError("glmer_nb() fits the negative binomial family; do not pass `family`")
+    return glmer(formula, data, family="negative_binomial", **kwargs)
 
 
 def _glmer(formula, data, family, weights, nagq, start, link=None, offset=None):

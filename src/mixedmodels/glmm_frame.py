@@ -153,6 +153,22 @@ def glmer_frame(formula: str, data: pd.DataFrame, family: str | Family = "binomi
     return frame_from_model(ms, data, fam, weights)
 
 
+def _positive_response(ms: ModelStructure, w, fam: Family) -> tuple[np.ndarray, np.ndarray]:
+    """The response of a Gamma, inverse-Gaussian (positive) or negative binomial (counts) fit."""
+    lhs = ms.parsed.lhs
+    if ms.y.ndim != 1:
+        raise ValueError(f"a {fam.name} response must be a single column, got {lhs!r}")
+    y = np.asarray(ms.y, dtype=float)
+    if fam.name == "negative_binomial":
+        if np.any(y < 0) or not np.all(_is_whole(y)):
+            raise ValueError(f"the negative binomial response {lhs!r} must be counts (whole "
+                             f"numbers >= 0); {int(np.sum((y < 0) | ~_is_whole(y)))} values are not")
+    elif np.any(y <= 0):
+        raise ValueError(f"the {fam.name} response {lhs!r} must be positive; "
+                         f"{int(np.sum(y <= 0))} values are zero or negative")
+    return y, (np.ones_like(y) if w is None else w)
+
+
 def frame_from_model(ms: ModelStructure, data: pd.DataFrame, fam: Family,
                      weights: str | np.ndarray | None = None) -> GlmerFrame:
     """Read the response of an evaluated formula the GLM way (the second half of
@@ -171,6 +187,8 @@ def frame_from_model(ms: ModelStructure, data: pd.DataFrame, fam: Family,
     w, wlabel = _weights_array(weights, data, ms.rows)
     if fam.name == "binomial":
         y, m = _binomial_response(ms, w)
+    elif fam.name != "poisson":
+        y, m = _positive_response(ms, w, fam)
     else:
         if ms.y.ndim != 1:
             raise ValueError("a Poisson response must be a single column of counts")

@@ -14,6 +14,7 @@ import numpy as np
 
 from .agq import agq_chunk, make_chunks
 from .agq_vector import MAX_COLUMNS, VectorObjective, vector_agq_applies
+from .dispersion import with_dispersion
 from .glmm_frame import GlmerFrame
 from .laplace import LaplaceObjective
 
@@ -106,9 +107,9 @@ def make_objective(frame: GlmerFrame, nagq: int):
         kernel (:mod:`mixedmodels.agq_vector`).
     """
     if frame.scalar:
-        return ScalarObjective(frame, nagq)
+        return with_dispersion(ScalarObjective(frame, nagq), frame)
     if nagq != 1 and vector_agq_applies(frame.ms.reterms):
-        return VectorObjective(frame, nagq)
+        return with_dispersion(VectorObjective(frame, nagq), frame)
     if nagq != 1:
         terms = ", ".join(str(t.spec) for t in frame.ms.reterms)
         raise ValueError(
@@ -117,7 +118,7 @@ def make_objective(frame: GlmerFrame, nagq: int):
             f"this model has {terms}. With several grouping factors the integral over the "
             "random effects does not split into small integrals per group, and a product rule "
             "would cost nagq ** dimension points. Use nagq=1 (Laplace).")
-    return LaplaceObjective(frame)
+    return with_dispersion(LaplaceObjective(frame), frame)
 
 
 def _glm_start(frame: GlmerFrame) -> np.ndarray:
@@ -140,6 +141,12 @@ def _glm_start(frame: GlmerFrame) -> np.ndarray:
 
 
 def _default_start(frame: GlmerFrame, obj) -> np.ndarray:
+    if getattr(obj, "has_dispersion", False) and not getattr(obj, "_in_start", False):
+        obj._in_start = True   # the (beta, theta) start first, then the dispersion's
+        try:
+            return obj.dispersion_start_params(frame, _default_start(frame, obj))
+        finally:
+            obj._in_start = False
     if hasattr(obj, "default_start"):
         # An objective whose rows live elsewhere (the Dask one) computes the same start
         # from sums over its partitions.

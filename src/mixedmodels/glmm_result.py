@@ -39,6 +39,10 @@ class GlmerResult:
     converged : bool
     singular : bool
     opt : GlmerOptSummary
+    dispersion : float or None
+        The family's dispersion parameter estimated with the rest (Gamma: shape; negative
+        binomial: theta; inverse Gaussian: phi; its name is ``family.dispersion_name``); None
+        for the binomial and Poisson.
     notes : list of str
         Warnings about this fit (also printed by ``summary()``).
     """
@@ -56,7 +60,11 @@ class GlmerResult:
         p = ms.p
         x = opt.final
         self._params = x.copy()
-        self.theta = x[p:].copy()
+        # A family's dispersion (Gamma shape, NB theta) is the last parameter, on the log scale.
+        self.dispersion = float(np.exp(x[-1])) if getattr(obj, "has_dispersion", False) else None
+        self.theta = x[p:len(x) - (self.dispersion is not None)].copy()
+        if self.dispersion is not None:
+            self.family = frame.family.with_dispersion(self.dispersion)
         self.fixef = pd.Series(x[:p], index=self.xnames, name="Estimate")
         self.loglik = float(opt.loglik)
         self.loglik_check: tuple[int, float] | None = None
@@ -473,6 +481,9 @@ class GlmerResult:
         with np.errstate(invalid="ignore", divide="ignore"):
             C = pd.DataFrame(V / np.outer(d, d), index=self.xnames, columns=self.xnames)
         notes = list(self.notes)
+        if self.dispersion is not None:
+            notes.insert(0, f"{self.family.dispersion_name} of the {self.family.name} family "
+                         f"(estimated by ML with the rest): {self.dispersion:.4g}")
         if self.loglik_check is not None:
             k, llc = self.loglik_check
             rule = "the Laplace approximation" if self.nagq == 1 else f"{self.nagq}-point quadrature"
