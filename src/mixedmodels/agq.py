@@ -38,7 +38,13 @@ import scipy.sparse as sp
 from .families import Family
 from .quadrature import gauss_hermite
 
-__all__ = ["GroupChunk", "ChunkResult", "make_chunks", "conditional_modes", "agq_chunk"]
+__all__ = ["GroupChunk", "ChunkResult", "make_chunks", "conditional_modes", "agq_chunk",
+           "choose_points", "POINTS_LADDER", "POINTS_TOL"]
+
+#: Rules :func:`choose_points` tries, in order (each group gets the first that has converged).
+POINTS_LADDER = (5, 10, 15, 20, 30, 40, 60, 80, 120, 160, 240, 320, 480, 640, 1000)
+#: Each group's log-integral must be converged to this (absolute; relative for the integral).
+POINTS_TOL = 1e-8
 
 _LOG_SQRT_2PI = 0.5 * np.log(2.0 * np.pi)
 
@@ -58,6 +64,11 @@ class GroupChunk:
         Index of each group's first row (for ``np.add.reduceat``).
     gidx : ndarray (n,)
         Group of each row, ``0..G-1`` within the chunk.
+    indicator : scipy.sparse.csr_matrix (G, n), optional
+        Group-membership matrix (sums rows within groups faster than ``np.add.reduceat``).
+    weights : ndarray (G,), optional
+        How many times each group counts in the sums (:mod:`mixedmodels.compress`: one
+        group stands for all the groups with identical data); ``None`` means once each.
     """
 
     X: np.ndarray
@@ -69,10 +80,33 @@ class GroupChunk:
     starts: np.ndarray
     gidx: np.ndarray
     indicator: sp.csr_matrix | None = None
+    weights: np.ndarray | None = None
 
     @property
     def ngroups(self) -> int:
         return len(self.starts)
+
+    @property
+    def nrows(self) -> np.ndarray:
+        """Number of rows of each group (G,)."""
+        return np.diff(np.r_[self.starts, len(self.y)])
+
+    def subset(self, groups: np.ndarray) -> "GroupChunk":
+        """The chunk of the given groups only (``groups``: ascending positions in this chunk).
+
+        Used to evaluate groups with different quadrature rules separately.
+        """
+        groups = np.asarray(groups, dtype=np.int64)
+        cnt = self.nrows[groups]
+        first = np.repeat(self.starts[groups], cnt)
+        new_starts = np.concatenate([[0], np.cumsum(cnt)[:-1]]).astype(np.int64)
+        rows = first + np.arange(len(first)) - np.repeat(new_starts, cnt)
+        ng, nr = len(groups), len(rows)
+        ind = sp.csr_matrix((np.ones(nr), np.arange(nr), np.r_[new_starts, nr]), shape=(ng, nr))
+        w = None if self.weights is None else self.weights[groups]
+        return GroupChunk(self.X[rows], self.y[rows], self.m[rows], self.z[rows],
+                          self.offset[rows], self.const[rows], new_starts,
+                          np.repeat(np.arange(ng), cnt), ind, w)
 
     def group_sum(self, a: np.ndarray) -> np.ndarray:
         """Sum rows of ``a`` (n,) or (n, K) within groups."""
@@ -82,8 +116,8 @@ class GroupChunk:
         return np.add.reduceat(a, self.starts, axis=0)
 
 
-def make_chunks(X, y, m, z, offset, const, group_codes, ngroups, max_rows=400_000
-                ) -> tuple[list[GroupChunk], np.ndarray]:
+def make_chunks(X, y, m, z, offset, const, group_codes, ngroups, max_rows=400_000,
+                group_weights=None) -> tuple[list[GroupChunk], np.ndarray]:
     """Sort rows by group and cut them into chunks of whole groups.
 
     Parameters
@@ -97,6 +131,9 @@ def make_chunks(X, y, m, z, offset, const, group_codes, ngroups, max_rows=400_00
     max_rows : int
         Upper bound on rows per chunk (a single group larger than this is kept whole): the
         kernel holds a few ``rows x nodes`` arrays, so this bounds peak memory.
+    group_weights : ndarray (ngroups,), optional
+        Each group's weight in the sums (the number of identical groups it stands for, see
+        :func:`mixedmodels.compress.group_patterns`); default 1.
 
     Returns
     -------
@@ -125,8 +162,10 @@ def make_chunks(X, y, m, z, offset, const, group_codes, ngroups, max_rows=400_00
         gidx = np.repeat(np.arange(ng), counts[first:last + 1])
         nr = r1 - r0
         ind = sp.csr_matrix((np.ones(nr), np.arange(nr), np.r_[starts, nr]), shape=(ng, nr))
+        w = None if group_weights is None else \
+            np.asarray(group_weights, dtype=float)[first:last + 1].copy()
         chunks.append(GroupChunk(Xs[r0:r1], ys[r0:r1], ms[r0:r1], zs[r0:r1], os_[r0:r1],
-                                 cs[r0:r1], starts, gidx, ind))
+                                 cs[r0:r1], starts, gidx, ind, w))
         first = last + 1
     return chunks, order
 
@@ -138,7 +177,8 @@ class ChunkResult:
     Attributes
     ----------
     loglik : float
-        Sum of the groups' log marginal likelihoods (quadrature approximation).
+        Sum of the groups' log marginal likelihoods (quadrature approximation), each
+        weighted by its chunk's ``weights`` when it has them.
     grad : ndarray (p + 1,)
         Its gradient in ``(beta, sigma)``; ``None`` when not asked for.
     u_hat, h : ndarray (G,)
@@ -146,7 +186,7 @@ class ChunkResult:
         (``-g''(u_hat)`` for a canonical link, its expected version otherwise; concatenated
         in chunk order when results are added).
     loglik_groups : ndarray (G,)
-        Per-group log-likelihoods.
+        Per-group log-likelihoods (unweighted: one group's, for a weighted chunk).
     newton_iters : int
         Largest number of Newton iterations any group needed.
     opg : ndarray (p + 1, p + 1) or None
@@ -287,7 +327,8 @@ def agq_chunk(beta: np.ndarray, sigma: float, chunk: GroupChunk, family: Family,
     amax = np.max(a, axis=1)
     lse = amax + np.log(np.sum(np.exp(a - amax[:, None]), axis=1))
     ll_groups = np.log(s) + lse
-    loglik = float(ll_groups.sum())
+    wg = chunk.weights
+    loglik = float(ll_groups.sum() if wg is None else ll_groups @ wg)
     if not gradient:
         return ChunkResult(loglik, None, u_hat, h, ll_groups, iters)
 
@@ -308,16 +349,71 @@ def agq_chunk(beta: np.ndarray, sigma: float, chunk: GroupChunk, family: Family,
     r = (c_rows
          + (sigma * A / h_obs)[gi] * z * d2
          + C[gi] * (sigma ** 2 * z * z * e3 + (sigma ** 4 * T3 / h_obs)[gi] * z * d2))
-    g_beta = X.T @ r if p else np.zeros(0)
+    g_beta = (X.T @ (r if wg is None else r * wg[gi])) if p else np.zeros(0)
     # sigma: the same three pieces, per group.
     E_sigma = np.sum(pi * zd1_k * uk, axis=1)
     du_dsigma = (T1 + sigma * u_hat * T2) / h_obs
     D_sigma = 2.0 * sigma * T2e + sigma ** 2 * u_hat * T3 + sigma ** 3 * T3 * du_dsigma
     s_sigma = E_sigma + A * du_dsigma + C * D_sigma
-    g_sigma = float(np.sum(s_sigma))
+    g_sigma = float(np.sum(s_sigma) if wg is None else s_sigma @ wg)
     grad = np.concatenate([g_beta, [g_sigma]])
     outer = None
     if opg:
         S = np.column_stack([chunk.group_sum(X * r[:, None]), s_sigma])
-        outer = S.T @ S
+        outer = S.T @ (S if wg is None else S * wg[:, None])
     return ChunkResult(loglik, grad, u_hat, h, ll_groups, iters, outer)
+
+
+def choose_points(beta: np.ndarray, sigma: float, chunk: GroupChunk, family: Family,
+                  tol: float = POINTS_TOL, ladder: tuple[int, ...] = POINTS_LADDER,
+                  u0: np.ndarray | None = None, minimum: np.ndarray | int | None = None
+                  ) -> np.ndarray:
+    """Per group, the fewest adaptive Gauss-Hermite points that integrate it to ``tol``.
+
+    A group's rule ``ladder[i]`` is accepted when its log-integral differs from that of the
+    next rule, ``ladder[i + 1]``, by at most ``tol / 2``; since Gauss-Hermite errors here
+    shrink at least geometrically along the ladder, the accepted rule's error is below
+    ``tol`` (``tests/test_agq.py`` checks this against a brute-force integral). Groups are
+    dropped from the comparison as they converge, so the cost is about that of the final
+    rules.
+
+    Parameters
+    ----------
+    beta, sigma, chunk, family
+        As :func:`agq_chunk`.
+    tol : float
+        Absolute error allowed in each group's log-integral (relative error of the integral).
+    ladder : tuple of int
+        Increasing rules to try.
+    u0 : ndarray (G,), optional
+        Warm start of the conditional modes.
+    minimum : int or ndarray (G,), optional
+        Never choose fewer points than this (keeps rules from shrinking between calls).
+
+    Returns
+    -------
+    ndarray of int (G,)
+        Points per group; groups still moving at the ladder's top get its top rule.
+    """
+    G = chunk.ngroups
+    out = np.full(G, ladder[-1], dtype=np.int64)
+    lo = np.zeros(G, dtype=np.int64) if minimum is None else \
+        np.broadcast_to(np.asarray(minimum, dtype=np.int64), (G,))
+    if sigma == 0.0:
+        return np.maximum(np.minimum(out, ladder[0]), lo)
+    pending = np.arange(G)
+    sub = chunk
+    prev = agq_chunk(beta, sigma, sub, family, ladder[0], u0=u0, gradient=False)
+    u_sub = prev.u_hat
+    for k_lo, k_hi in zip(ladder[:-1], ladder[1:]):
+        cur = agq_chunk(beta, sigma, sub, family, k_hi, u0=u_sub, gradient=False)
+        done = np.abs(cur.loglik_groups - prev.loglik_groups) <= 0.5 * tol
+        out[pending[done]] = k_lo
+        if np.all(done):
+            break
+        keep = np.flatnonzero(~done)
+        pending = pending[keep]
+        sub = sub.subset(keep)
+        u_sub = cur.u_hat[keep]
+        prev = ChunkResult(0.0, None, u_sub, cur.h[keep], cur.loglik_groups[keep])
+    return np.maximum(out, lo)
