@@ -103,11 +103,28 @@ def test_brute_force_optimum():
 
 def test_auto_settles_and_reports():
     f = fit("auto")
-    assert f.auto and f.nagq >= 80 and f.quadrature_converged
-    np.testing.assert_allclose(params(f), TRUE_MLE, atol=1e-3)
-    ks = [h[0] for h in f.history]
-    assert ks[0] == 10 and ks[-1] == f.nagq
-    assert f"nAGQ = {f.nagq}" in str(f.summary())
+    assert f.auto and f.quadrature_converged and f.converged
+    np.testing.assert_allclose(params(f), TRUE_MLE, atol=1e-4)
+    assert f.loglik == pytest.approx(TRUE_LOGLIK, abs=1e-3)
+    lo, hi = f.points_range
+    assert 9 <= lo < hi == f.nagq
+    assert f.history[-1][0] == f.nagq and f.history[-1][1] == f.loglik
+    # Every group's rule about doubled moves the log-likelihood by (much) less than 1e-8
+    # per group.
+    k, llc = f.loglik_check
+    assert k == 2 * f.nagq - 1 and abs(llc - f.loglik) < 1e-8 * 1000
+    assert f"{lo}-{hi} points per group" in str(f.summary())
+    # The post's 1,000 users have 508 distinct (display, clicks, exposures) patterns.
+    assert f.distinct_groups == 508
+
+
+def test_auto_is_the_brute_force_optimum():
+    # Independently of any quadrature rule: the brute-force log-likelihood at auto's estimates
+    # is the true maximum's, and no Newton step on it moves them.
+    f = fit("auto")
+    b = Brute(ctr())
+    assert b(params(f)) == pytest.approx(TRUE_LOGLIK, abs=1e-3)
+    assert f.loglik == pytest.approx(b(params(f)), abs=1e-6)
 
 
 def test_one_point_equals_laplace_and_is_worst():

@@ -31,6 +31,7 @@ both: the true curvature ``h_obs`` moves the mode (implicit differentiation of
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import scipy.sparse as sp
@@ -39,14 +40,36 @@ from .families import Family
 from .quadrature import gauss_hermite
 
 __all__ = ["GroupChunk", "ChunkResult", "make_chunks", "conditional_modes", "agq_chunk",
-           "choose_points", "POINTS_LADDER", "POINTS_TOL"]
+           "choose_rule", "GroupRules", "POINTS_LADDER", "POINTS_TOL"]
 
-#: Rules :func:`choose_points` tries, in order (each group gets the first that has converged).
-POINTS_LADDER = (5, 10, 15, 20, 30, 40, 60, 80, 120, 160, 240, 320, 480, 640, 1000)
+#: Numbers of trapezoid points :func:`choose_rule` tries, in order (each group gets the first
+#: that has converged).
+POINTS_LADDER = (9, 13, 17, 21, 25, 33, 41, 49, 65, 81, 97, 129, 161, 193, 257, 385, 513)
+#: Half-widths :func:`choose_rule` tries for a group's range, in units of its Laplace scale.
+SPANS = (3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 10.0, 12.0, 16.0, 20.0, 24.0, 32.0, 48.0, 64.0, 96.0,
+         128.0, 192.0, 256.0)
+#: A group's range ends where its log-integrand has fallen this far below its mode.
+TAIL_CUT = 27.0
 #: Each group's log-integral must be converged to this (absolute; relative for the integral).
 POINTS_TOL = 1e-8
 
 _LOG_SQRT_2PI = 0.5 * np.log(2.0 * np.pi)
+#: The trapezoid rule's default half-width, in units of the Laplace scale ``s``.
+DEFAULT_SPAN = 8.0
+
+
+@lru_cache(maxsize=64)
+def _trapezoid(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes (equally spaced on [-1, 1]) and log-weights of the ``n``-point trapezoid rule."""
+    if n < 2:
+        raise ValueError(f"the trapezoid rule needs at least 2 points, got {n}")
+    x = np.linspace(-1.0, 1.0, n)
+    w = np.full(n, 2.0 / (n - 1))
+    w[[0, -1]] *= 0.5
+    lw = np.log(w)
+    for a in (x, lw):
+        a.setflags(write=False)
+    return x, lw
 
 
 @dataclass(frozen=True)
@@ -263,7 +286,8 @@ def conditional_modes(eta_fixed: np.ndarray, sigma: float, chunk: GroupChunk, fa
 
 
 def agq_chunk(beta: np.ndarray, sigma: float, chunk: GroupChunk, family: Family, nagq: int,
-              u0: np.ndarray | None = None, gradient: bool = True, opg: bool = False
+              u0: np.ndarray | None = None, gradient: bool = True, opg: bool = False,
+              rule: str = "gh", span: np.ndarray | None = None, shift: np.ndarray | None = None
               ) -> ChunkResult:
     """Log marginal likelihood (and gradient) of a chunk of whole groups.
 
@@ -288,6 +312,16 @@ def agq_chunk(beta: np.ndarray, sigma: float, chunk: GroupChunk, family: Family,
         Also return the gradient in ``(beta, sigma)``.
     opg : bool
         Also return the sum of outer products of the per-group scores (needs ``gradient``).
+    rule : {"gh", "trapezoid"}
+        ``"gh"``: adaptive Gauss-Hermite, nodes ``u_hat + s z_k``. ``"trapezoid"``: the
+        trapezoid rule with ``nagq`` equally spaced nodes ``u_hat + s (shift + span x_k)``,
+        ``x_k`` in [-1, 1] (see :func:`choose_rule`): it converges geometrically for every
+        group, also the lopsided ones (no successes, large ``sigma``) where Gauss-Hermite needs
+        hundreds of points, because its error depends only on how far the integrand is from a
+        singularity in the complex plane, not on how Gaussian it looks.
+    span, shift : ndarray (G,), optional
+        Per-group half-width and centre of the trapezoid's range in units of ``s`` (default
+        8 and 0); held fixed, like the rule, while the parameters move.
 
     Returns
     -------
@@ -311,13 +345,24 @@ def agq_chunk(beta: np.ndarray, sigma: float, chunk: GroupChunk, family: Family,
         h = 1.0 - sigma * sigma * T2e
     s = 1.0 / np.sqrt(h)
 
-    rule = gauss_hermite(int(nagq))
-    keep = np.isfinite(rule.logw_adapt)
-    zk, lwk = rule.z[keep], rule.logw_adapt[keep]
-    uk = u_hat[:, None] + s[:, None] * zk[None, :]                     # (G, K)
-    # eta at node k = eta_hat + sigma z s_i z_k: one outer product, no (n, K) gather.
-    eta_k = np.multiply.outer(sigma * z * s[gi], zk)                  # (n, K)
-    eta_k += eta_hat[:, None]
+    if rule == "gh":
+        gh = gauss_hermite(int(nagq))
+        keep = np.isfinite(gh.logw_adapt)
+        zk, lwk = gh.z[keep], gh.logw_adapt[keep]
+        T, c = 1.0, 0.0
+        scale, centre = s, u_hat
+    elif rule == "trapezoid":
+        zk, lwk = _trapezoid(int(nagq))
+        T = np.full(len(s), DEFAULT_SPAN) if span is None else np.asarray(span, dtype=float)
+        c = np.zeros(len(s)) if shift is None else np.asarray(shift, dtype=float)
+        scale, centre = s * T, u_hat + s * c
+    else:
+        raise ValueError(f"`rule` must be 'gh' or 'trapezoid', got {rule!r}")
+    uk = centre[:, None] + scale[:, None] * zk[None, :]                # (G, K)
+    # eta at node k = eta_hat + sigma z (centre_i - u_hat_i + scale_i z_k): one outer
+    # product, no (n, K) gather.
+    eta_k = np.multiply.outer(sigma * z * scale[gi], zk)              # (n, K)
+    eta_k += (eta_hat if rule == "gh" else eta_hat + sigma * z * (s * c)[gi])[:, None]
     if gradient:
         ll_k, d1_k = family.loglik_d1(eta_k, y[:, None], m[:, None], chunk.const[:, None])
     else:
@@ -326,7 +371,7 @@ def agq_chunk(beta: np.ndarray, sigma: float, chunk: GroupChunk, family: Family,
     a = lwk[None, :] + gk
     amax = np.max(a, axis=1)
     lse = amax + np.log(np.sum(np.exp(a - amax[:, None]), axis=1))
-    ll_groups = np.log(s) + lse
+    ll_groups = np.log(scale) + lse
     wg = chunk.weights
     loglik = float(ll_groups.sum() if wg is None else ll_groups @ wg)
     if not gradient:
@@ -339,7 +384,8 @@ def agq_chunk(beta: np.ndarray, sigma: float, chunk: GroupChunk, family: Family,
     Gk = sigma * zd1_k - uk                                              # g'(u_k)
     A = np.sum(pi * Gk, axis=1)
     B = np.sum(pi * Gk * zk[None, :], axis=1)
-    C = 0.5 * (1.0 + B * s) / h
+    # Nodes sit at u_hat + s (c + T z_k): d/ds of the log-integral is (1 + s (c A + T B)) / s.
+    C = 0.5 * (1.0 + s * (c * A + T * B)) / h
     T1 = chunk.group_sum(z * d1)
     T3 = chunk.group_sum(z ** 3 * e3)
     c_rows = np.einsum("ij,ij->i", pi[gi], d1_k)                         # E_beta per row
@@ -364,56 +410,124 @@ def agq_chunk(beta: np.ndarray, sigma: float, chunk: GroupChunk, family: Family,
     return ChunkResult(loglik, grad, u_hat, h, ll_groups, iters, outer)
 
 
-def choose_points(beta: np.ndarray, sigma: float, chunk: GroupChunk, family: Family,
-                  tol: float = POINTS_TOL, ladder: tuple[int, ...] = POINTS_LADDER,
-                  u0: np.ndarray | None = None, minimum: np.ndarray | int | None = None
-                  ) -> np.ndarray:
-    """Per group, the fewest adaptive Gauss-Hermite points that integrate it to ``tol``.
 
-    A group's rule ``ladder[i]`` is accepted when its log-integral differs from that of the
-    next rule, ``ladder[i + 1]``, by at most ``tol / 2``; since Gauss-Hermite errors here
-    shrink at least geometrically along the ladder, the accepted rule's error is below
-    ``tol`` (``tests/test_agq.py`` checks this against a brute-force integral). Groups are
-    dropped from the comparison as they converge, so the cost is about that of the final
-    rules.
+@dataclass(frozen=True)
+class GroupRules:
+    """Per-group trapezoid rules (:func:`choose_rule`): points, half-width and centre.
+
+    Attributes
+    ----------
+    points : ndarray of int (G,)
+    span, shift : ndarray (G,)
+        Half-width and centre of each group's range, in units of its Laplace scale ``s``.
+    """
+
+    points: np.ndarray
+    span: np.ndarray
+    shift: np.ndarray
+
+    def take(self, groups: np.ndarray) -> "GroupRules":
+        """The rules of some groups."""
+        return GroupRules(self.points[groups], self.span[groups], self.shift[groups])
+
+
+def _log_integrand(beta, sigma, chunk: GroupChunk, family: Family, u: np.ndarray) -> np.ndarray:
+    """``g_i(u)`` at points ``u`` (G, K): the sum of the group's row log-likelihoods plus
+    ``log phi(u)``."""
+    eta = (chunk.X @ beta + chunk.offset)[:, None] + sigma * chunk.z[:, None] * u[chunk.gidx]
+    ll = family.loglik_rows(eta, chunk.y[:, None], chunk.m[:, None], chunk.const[:, None])
+    return chunk.group_sum(ll) - 0.5 * u * u - _LOG_SQRT_2PI
+
+
+def choose_rule(beta: np.ndarray, sigma: float, chunk: GroupChunk, family: Family,
+                tol: float = POINTS_TOL, ladder: tuple[int, ...] = POINTS_LADDER,
+                u0: np.ndarray | None = None, cut: float = TAIL_CUT,
+                minimum: GroupRules | None = None) -> GroupRules:
+    """Per group, a trapezoid rule that integrates it to ``tol`` at these parameters.
+
+    The range: in units of the group's Laplace scale ``s`` from its mode, on each side the
+    first of :data:`SPANS` where the log-integrand has fallen ``cut`` below its mode (it is
+    concave, so it only falls further out, and the neglected tail is below ``exp(-cut)``
+    times the span). The number of points: the first rule of ``ladder`` whose log-integral
+    differs from the next rule's by at most ``tol / 2``; the trapezoid rule converges
+    geometrically (the error of the next rule is about the square of this one's), so the
+    difference is the error (``tests/test_agq.py`` checks the result against a brute-force
+    integral). Groups leave the comparison as they converge.
 
     Parameters
     ----------
     beta, sigma, chunk, family
         As :func:`agq_chunk`.
     tol : float
-        Absolute error allowed in each group's log-integral (relative error of the integral).
+        Absolute error allowed in each group's log-integral (the integral's relative error).
     ladder : tuple of int
-        Increasing rules to try.
+        Increasing numbers of points to try.
     u0 : ndarray (G,), optional
         Warm start of the conditional modes.
-    minimum : int or ndarray (G,), optional
-        Never choose fewer points than this (keeps rules from shrinking between calls).
+    cut : float
+        Where the range ends: the log-integrand this far below its value at the mode.
+    minimum : GroupRules, optional
+        Never fewer points, nor a narrower range on either side, than these (so that rules
+        only grow from one call to the next).
 
     Returns
     -------
-    ndarray of int (G,)
-        Points per group; groups still moving at the ladder's top get its top rule.
+    GroupRules
+        Groups still moving at the ladder's top get its top rule.
     """
+    beta = np.asarray(beta, dtype=float)
     G = chunk.ngroups
-    out = np.full(G, ladder[-1], dtype=np.int64)
-    lo = np.zeros(G, dtype=np.int64) if minimum is None else \
-        np.broadcast_to(np.asarray(minimum, dtype=np.int64), (G,))
-    if sigma == 0.0:
-        return np.maximum(np.minimum(out, ladder[0]), lo)
-    pending = np.arange(G)
-    sub = chunk
-    prev = agq_chunk(beta, sigma, sub, family, ladder[0], u0=u0, gradient=False)
-    u_sub = prev.u_hat
-    for k_lo, k_hi in zip(ladder[:-1], ladder[1:]):
-        cur = agq_chunk(beta, sigma, sub, family, k_hi, u0=u_sub, gradient=False)
-        done = np.abs(cur.loglik_groups - prev.loglik_groups) <= 0.5 * tol
-        out[pending[done]] = k_lo
-        if np.all(done):
-            break
-        keep = np.flatnonzero(~done)
-        pending = pending[keep]
-        sub = sub.subset(keep)
-        u_sub = cur.u_hat[keep]
-        prev = ChunkResult(0.0, None, u_sub, cur.h[keep], cur.loglik_groups[keep])
-    return np.maximum(out, lo)
+    lap = agq_chunk(beta, sigma, chunk, family, 1, u0=u0, gradient=False)
+    u_hat, s = lap.u_hat, 1.0 / np.sqrt(lap.h)
+    spans = np.asarray(SPANS)
+    tt = np.concatenate([-spans[::-1], spans])
+    g = _log_integrand(beta, sigma, chunk, family, u_hat[:, None] + s[:, None] * tt[None, :])
+    g0 = _log_integrand(beta, sigma, chunk, family, u_hat[:, None])
+    below = (g - g0) < -cut
+    ns = len(spans)
+    left_ok, right_ok = below[:, :ns][:, ::-1], below[:, ns:]
+    # First span (from the inside out) already below the cut; the largest if none is.
+    left = spans[np.where(left_ok.any(1), left_ok.argmax(1), ns - 1)]
+    right = spans[np.where(right_ok.any(1), right_ok.argmax(1), ns - 1)]
+    if minimum is not None:
+        left = np.maximum(left, minimum.span - minimum.shift)
+        right = np.maximum(right, minimum.span + minimum.shift)
+    span, shift = 0.5 * (left + right), 0.5 * (right - left)
+    points = np.full(G, ladder[-1], dtype=np.int64)
+
+    def climb(groups, i0, twice):
+        """Walk the ladder from rung ``i0`` for these groups; set their points."""
+        sub = chunk if len(groups) == G else chunk.subset(groups)
+        pending, u_sub = groups, u_hat[groups]
+
+        def run(k):
+            return agq_chunk(beta, sigma, sub, family, k, u0=u_sub, gradient=False,
+                             rule="trapezoid", span=span[pending],
+                             shift=shift[pending]).loglik_groups
+
+        prev = run(ladder[i0])
+        # Two agreements in a row, the first time: one alone can be luck (the error
+        # alternates in sign along the ladder and may cross zero between two rules). A
+        # rule chosen before at nearby parameters needs only one.
+        agreed = np.full(len(groups), not twice)
+        for i in range(i0 + 1, len(ladder)):
+            cur = run(ladder[i])
+            ok = np.abs(cur - prev) <= 0.5 * tol
+            done = ok & agreed
+            points[pending[done]] = ladder[i - 1 if twice else i - 1]
+            if np.all(done):
+                return
+            keep = np.flatnonzero(~done)
+            pending, u_sub, prev, agreed = pending[keep], u_sub[keep], cur[keep], ok[keep]
+            sub = sub.subset(keep)
+
+    lad = np.asarray(ladder)
+    if minimum is None:
+        climb(np.arange(G), 0, True)
+    else:
+        first = np.minimum(np.searchsorted(lad, minimum.points), len(lad) - 2)
+        for i0 in np.unique(first):
+            climb(np.flatnonzero(first == i0), int(i0), False)
+    if minimum is not None:
+        points = np.maximum(points, minimum.points)
+    return GroupRules(points, span, shift)

@@ -203,13 +203,19 @@ def fit_frame(frame, nagq: int | str, start: np.ndarray | None = None, obj=None,
     res = (result_class or GlmerResult)(frame, obj, opt, nagq, auto=auto, history=history)
     # How good is the rule at the estimates? One evaluation with more points tells.
     if frame.scalar or vector:
-        if frame.scalar:
-            kcheck, chk = min(max(2 * nagq, 20), 1000), obj
+        if getattr(obj, "rules", None) is not None:
+            # nagq="auto" with per-group rules: every group's rule about doubled.
+            kcheck = 2 * nagq - 1
+            llc, _ = obj.evaluate(opt.final, gradient=False, refine=True, keep=False)
+            quad_converged = abs(llc - opt.loglik) <= QUAD_CHECK_TOL
         else:
-            # A vector model's Laplace fit has no quadrature objective of its own.
-            kcheck = check_points(nagq, frame.ms.reterms)
-            chk = obj if isinstance(obj, VectorObjective) else VectorObjective(frame, kcheck)
-        llc, _ = chk.evaluate(opt.final, gradient=False, nagq=kcheck, keep=False)
+            if frame.scalar:
+                kcheck, chk = min(max(2 * nagq, 20), 1000), obj
+            else:
+                # A vector model's Laplace fit has no quadrature objective of its own.
+                kcheck = check_points(nagq, frame.ms.reterms)
+                chk = obj if isinstance(obj, VectorObjective) else VectorObjective(frame, kcheck)
+            llc, _ = chk.evaluate(opt.final, gradient=False, nagq=kcheck, keep=False)
         res.loglik_check = (kcheck, float(llc))
         if quad_converged is None:
             quad_converged = abs(llc - opt.loglik) <= QUAD_CHECK_TOL

@@ -12,7 +12,7 @@ import numpy as np
 from .agq_vector import auto_ladder
 from .glmm_frame import GlmerFrame
 from .glmm_objective import ScalarObjective, _default_start, make_objective
-from .glmm_optimize import GlmerOptSummary, check_optimum, optimize_glmer
+from .glmm_optimize import GlmerOptSummary, _bhhh, check_optimum, optimize_glmer
 
 __all__ = ["fit_nagq", "QuadratureWarning", "AUTO_LADDER"]
 
@@ -24,6 +24,8 @@ AUTO_TOL_PARAM = 1e-4
 #: A fit's quadrature is flagged as not converged when doubling the points moves the
 #: log-likelihood at the estimates by more than this.
 QUAD_CHECK_TOL = 1e-2
+#: nagq="auto": at most this many rounds of choosing every group's rule and re-optimizing.
+MAX_RULE_ROUNDS = 2
 #: Data sets with more than 4x this many groups are first fitted on this many random groups.
 WARMUP_GROUPS = 10_000
 
@@ -33,24 +35,32 @@ class QuadratureWarning(UserWarning):
 
 
 
+def _warm_start(frame, obj, nagq):
+    """The default start, and for very many distinct groups a fit on a random subset of them.
+
+    The subset's optimum is within sampling error of the full one and its Hessian, scaled by
+    the ratio of group counts, is a good Hessian for the full data, so the full data need only
+    Newton steps. Returns ``(start, hessian or None)``.
+    """
+    start = _default_start(frame, obj)
+    if isinstance(obj, ScalarObjective) and getattr(obj, "nunits", obj.ngroups) > 4 * WARMUP_GROUPS:
+        rng = np.random.default_rng(20160915)
+        sub = np.sort(rng.choice(obj.ngroups, WARMUP_GROUPS, replace=False))
+        sobj = obj.subset(sub)
+        sopt_ = check_optimum(sobj, optimize_glmer(sobj, start))
+        if sopt_.converged:
+            return sopt_.final, sopt_.hessian * (obj.ngroups / WARMUP_GROUPS)
+    return start, None
+
+
 def _fit_at(frame, nagq, start=None, obj=None, hessian=None):
     if obj is None:
         obj = make_objective(frame, nagq)
     else:
         obj.nagq = nagq
     if start is None:
-        start = _default_start(frame, obj)
-        if isinstance(obj, ScalarObjective) and obj.ngroups > 4 * WARMUP_GROUPS and hessian is None:
-            # Many groups: fit a random subset of them first. Its optimum is within sampling
-            # error of the full one and its Hessian, scaled by the ratio of group counts, is
-            # a good Hessian for the full data, so the full data need only Newton steps.
-            rng = np.random.default_rng(20160915)
-            sub = np.sort(rng.choice(obj.ngroups, WARMUP_GROUPS, replace=False))
-            sobj = obj.subset(sub)
-            sopt_ = check_optimum(sobj, optimize_glmer(sobj, start))
-            if sopt_.converged:
-                start = sopt_.final
-                hessian = sopt_.hessian * (obj.ngroups / WARMUP_GROUPS)
+        start, h = _warm_start(frame, obj, nagq)
+        hessian = h if hessian is None else hessian
     try:
         opt = optimize_glmer(obj, start, hessian=hessian)
     except FloatingPointError:
@@ -66,6 +76,65 @@ def _fit_at(frame, nagq, start=None, obj=None, hessian=None):
         if alt.loglik >= opt.loglik - 1e-9:
             opt = alt
     return obj, opt
+
+
+def _fit_auto(frame: GlmerFrame, start: np.ndarray | None, obj=None):
+    """``nagq="auto"``: the exact maximum-likelihood estimate, every group's integral to 1e-8.
+
+    1. At the start, choose each group's rule (:func:`mixedmodels.agq.choose_rule`: a
+       trapezoid rule converged to 1e-8 in the group's log-integral) and maximize.
+    2. Check the rules at the estimates (they only grow); where one changed, Newton steps
+       from there with the Hessian already at hand. At most :data:`MAX_RULE_ROUNDS` rounds.
+    3. The check of the optimum, with the final rules; ``glmer`` then evaluates the
+       log-likelihood with every rule about doubled, which shows the quadrature converged.
+    """
+    obj = make_objective(frame, AUTO_LADDER[0]) if obj is None else obj
+    h0 = None
+    if start is None:
+        start, h0 = _warm_start(frame, obj, AUTO_LADDER[0])
+    start = np.asarray(start, dtype=float)
+    obj.choose_rules(start)
+    history = []
+    x = start
+    if h0 is None:
+        # BHHH steps (one kernel pass each) bring the estimates near the optimum, where the
+        # rules are chosen again before the Newton steps that need a Hessian.
+        try:
+            x, _ = _bhhh(obj, start, np.arange(obj.nparams), tol=1e-3)
+            history.append((obj.points_range[1], obj.last.loglik, x.copy()))
+            obj.choose_rules(x)
+        except FloatingPointError:
+            x = start
+    opt = optimize_glmer(obj, x, hessian=h0)
+    history.append((obj.points_range[1], opt.loglik, opt.final.copy()))
+    for _ in range(MAX_RULE_ROUNDS - 1):
+        before = obj.rules
+        rules = obj.choose_rules(opt.final)
+        if all(np.array_equal(getattr(before, f), getattr(rules, f))
+               for f in ("points", "span", "shift")):
+            break
+        H = opt._hessian_at[1] if getattr(opt, "_hessian_at", None) is not None else None
+        try:
+            opt = optimize_glmer(obj, opt.final, hessian=H)
+        except FloatingPointError:
+            opt = optimize_glmer(obj, opt.final)
+        history.append((obj.points_range[1], opt.loglik, opt.final.copy()))
+    opt = check_optimum(obj, opt)
+    if not opt.converged:
+        alt = check_optimum(obj, optimize_glmer(obj, opt.final))
+        if alt.loglik >= opt.loglik - 1e-9:
+            opt = alt
+    if history[-1][1] != opt.loglik:
+        history.append((obj.points_range[1], opt.loglik, opt.final.copy()))
+    return obj, opt, history
+
+
+def _per_group_rules(obj) -> bool:
+    """Whether ``nagq="auto"`` uses per-group rules on this objective: the in-memory scalar
+    kernel of a family without a dispersion parameter. The others (the Dask objective, whose
+    rows live on workers; dispersion families; vector models) climb :data:`AUTO_LADDER`."""
+    return (isinstance(obj, ScalarObjective) and getattr(obj, "chunks", None) is not None
+            and not getattr(obj, "has_dispersion", False))
 
 
 def fit_nagq(frame: GlmerFrame, nagq: int, start: np.ndarray | None, auto: bool, obj=None
@@ -84,6 +153,10 @@ def fit_nagq(frame: GlmerFrame, nagq: int, start: np.ndarray | None, auto: bool,
     history = []
     if not auto:
         obj, opt = _fit_at(frame, nagq, start, obj)
+        quad_converged = None
+    elif frame.scalar and _per_group_rules(obj := obj or make_objective(frame, AUTO_LADDER[0])):
+        obj, opt, history = _fit_auto(frame, start, obj)
+        nagq = obj.points_range[1]
         quad_converged = None
     else:
         prev, quad_converged = None, False

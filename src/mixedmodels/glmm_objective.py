@@ -12,13 +12,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from .agq import agq_chunk, make_chunks
+from .agq import ChunkResult, GroupRules, agq_chunk, choose_rule, make_chunks
 from .agq_vector import MAX_COLUMNS, VectorObjective, vector_agq_applies
+from .compress import group_patterns
 from .dispersion import with_dispersion
 from .glmm_frame import GlmerFrame
 from .laplace import LaplaceObjective
 
 __all__ = ["ScalarObjective", "make_objective"]
+
+#: Groups of one rule whose rows x points are fewer than this are evaluated with the next
+#: larger rule instead (one kernel call fewer; its fixed cost is worth ~this much arithmetic).
+MERGE_ROW_NODES = 20_000
 
 
 class ScalarObjective:
@@ -26,11 +31,17 @@ class ScalarObjective:
 
     Parameters are ``(beta, sigma)``. Data are kept as chunks of whole groups so that the
     kernel's peak memory stays bounded; the conditional modes of the last evaluation warm-start
-    the next one.
+    the next one. Groups with identical data are evaluated once and weighted by their number
+    (:mod:`mixedmodels.compress`, exact) when that saves enough; the kernel's "groups" are
+    then these distinct *units*.
+
+    Two kinds of rule: ``nagq`` adaptive Gauss-Hermite points for every group (lme4's), or,
+    after :meth:`set_rules`, a trapezoid rule per unit chosen to integrate it to 1e-8
+    (:func:`mixedmodels.agq.choose_rule`; ``nagq="auto"``).
     """
 
     def __init__(self, frame: GlmerFrame, nagq: int, max_rows: int = 200_000,
-                 groups: np.ndarray | None = None):
+                 groups: np.ndarray | None = None, compress: bool = True):
         ms = frame.ms
         t = ms.reterms[0]
         self.frame, self.family, self.nagq = frame, frame.family, int(nagq)
@@ -49,49 +60,141 @@ class ScalarObjective:
             off = off[rows]
             ngroups = int(keep.sum())
         self.ngroups = ngroups
-        self.chunks, self.order = make_chunks(X, y, m, z, off, c, codes, ngroups,
-                                              max_rows=max_rows)
-        self._warm = [None] * len(self.chunks)
+        offset = off
+        self.pattern = None
+        weights = None
+        if compress:
+            gp = group_patterns([y, m, z, offset, X], codes, ngroups)
+            if gp.worthwhile:
+                is_rep = np.zeros(ngroups, dtype=bool)
+                is_rep[gp.rep] = True
+                rows = is_rep[codes]
+                unit = np.full(ngroups, -1)
+                unit[gp.rep] = np.arange(gp.npatterns)
+                X, y, m, z, offset, c = X[rows], y[rows], m[rows], z[rows], offset[rows], c[rows]
+                codes = unit[codes[rows]]
+                self.pattern, weights = gp.pattern, gp.count
+        self.nunits = ngroups if self.pattern is None else len(weights)
+        self.chunks, self.order = make_chunks(X, y, m, z, offset, c, codes, self.nunits,
+                                              max_rows=max_rows, group_weights=weights)
+        self._first = np.cumsum([0] + [ch.ngroups for ch in self.chunks])
+        self.rules: GroupRules | None = None
+        self._parts: list = []
+        self._u: np.ndarray | None = None
         self.nevals = 0
-        self.last = None
+        self.last: ChunkResult | None = None
 
     def subset(self, groups: np.ndarray) -> "ScalarObjective":
         """The same objective on a subset of whole groups (indices into the levels)."""
         return ScalarObjective(self.frame, self.nagq, groups=groups)
 
+    # ---- rules ------------------------------------------------------------------------
+    def choose_rules(self, params: np.ndarray) -> GroupRules:
+        """Per unit, the trapezoid rule that integrates it to 1e-8 at ``params``, never
+        smaller than the rules in use (so that repeated choices converge); installs them."""
+        params = np.asarray(params, dtype=float)
+        beta, sigma = params[:self.p], abs(float(params[self.p]))
+        pieces = []
+        for i, ch in enumerate(self.chunks):
+            sl = slice(self._first[i], self._first[i + 1])
+            u0 = None if self._u is None else self._u[sl]
+            old = None if self.rules is None else self.rules.take(np.arange(sl.start, sl.stop))
+            pieces.append(choose_rule(beta, sigma, ch, self.family, u0=u0, minimum=old))
+        rules = GroupRules(*(np.concatenate([getattr(r, f) for r in pieces])
+                             for f in ("points", "span", "shift")))
+        self.set_rules(rules)
+        return rules
+
+    def set_rules(self, rules: GroupRules | None) -> None:
+        """Use per-unit trapezoid rules (``None``: back to ``nagq`` Gauss-Hermite points)."""
+        self.rules = rules
+        self._parts = []
+        if rules is None:
+            return
+        for i, ch in enumerate(self.chunks):
+            idx = np.arange(self._first[i], self._first[i + 1])
+            pts = rules.points[idx].copy()
+            # Each kernel call costs a fixed overhead: fold a rule's groups into the next
+            # larger rule's (more points, only more accurate) while they are few.
+            ks = np.unique(pts)
+            nrows = ch.nrows
+            for a, b in zip(ks[:-1], ks[1:]):
+                sel = pts == a
+                if np.sum(nrows[sel]) * a < MERGE_ROW_NODES:
+                    pts[sel] = b
+            for k in np.unique(pts):
+                sel = np.flatnonzero(pts == k)
+                sub = ch if len(sel) == ch.ngroups else ch.subset(sel)
+                self._parts.append((int(k), sub, idx[sel], rules.span[idx[sel]],
+                                    rules.shift[idx[sel]]))
+
+    @property
+    def points_range(self) -> tuple[int, int]:
+        """Fewest and most points any group is integrated with."""
+        if self.rules is None:
+            return self.nagq, self.nagq
+        return int(self.rules.points.min()), int(self.rules.points.max())
+
+    # ---- evaluation -------------------------------------------------------------------
     def lower(self) -> np.ndarray:
         return np.concatenate([np.full(self.p, -np.inf), [0.0]])
 
     def reset(self) -> None:
         """Forget the warm starts (after a failed evaluation)."""
-        self._warm = [None] * len(self.chunks)
+        self._u = None
 
     def evaluate(self, params: np.ndarray, gradient: bool = True, nagq: int | None = None,
-                 keep: bool = True, opg: bool = False):
+                 keep: bool = True, opg: bool = False, refine: bool = False):
+        """Log-likelihood (and gradient, and outer products of scores) at ``params``.
+
+        ``nagq`` evaluates with that many Gauss-Hermite points instead of the rules in use;
+        ``refine`` with every unit's trapezoid rule about doubled (the quadrature check).
+        """
         params = np.asarray(params, dtype=float)
         beta, sigma = params[:self.p], float(params[self.p])
-        total = None
-        for i, ch in enumerate(self.chunks):
-            r = agq_chunk(beta, sigma, ch, self.family, nagq or self.nagq, u0=self._warm[i],
-                          gradient=gradient or opg, opg=opg)
-            if keep and np.all(np.isfinite(r.u_hat)):
-                self._warm[i] = r.u_hat
-            total = r if total is None else total + r
+        G = self.nunits
+        u_all, h_all, llg = np.empty(G), np.empty(G), np.empty(G)
+        loglik, grad, outer, iters = 0.0, None, None, 0
+        want_grad = gradient or opg
+        if self.rules is None or nagq is not None:
+            jobs = [(nagq or self.nagq, ch, np.arange(self._first[i], self._first[i + 1]),
+                     None, None) for i, ch in enumerate(self.chunks)]
+            rule = "gh"
+        else:
+            jobs = [((2 * k - 1) if refine else k, sub, idx, span, shift)
+                    for (k, sub, idx, span, shift) in self._parts]
+            rule = "trapezoid"
+        for k, ch, idx, span, shift in jobs:
+            u0 = None if self._u is None else self._u[idx]
+            r = agq_chunk(beta, sigma, ch, self.family, k, u0=u0, gradient=want_grad,
+                          opg=opg, rule=rule, span=span, shift=shift)
+            loglik += r.loglik
+            if want_grad:
+                grad = r.grad if grad is None else grad + r.grad
+            if opg:
+                outer = r.opg if outer is None else outer + r.opg
+            u_all[idx], h_all[idx], llg[idx] = r.u_hat, r.h, r.loglik_groups
+            iters = max(iters, r.newton_iters)
         self.nevals += 1
         if keep:
-            self.last = total
+            if np.all(np.isfinite(u_all)):
+                self._u = u_all
+            self.last = ChunkResult(loglik, grad, u_all, h_all, llg, iters, outer)
         if opg:
-            return total.loglik, total.grad, total.opg
+            return loglik, grad, outer
         if gradient:
-            return total.loglik, total.grad
-        return total.loglik, None
+            return loglik, grad
+        return loglik, None
 
     def modes(self, params):
         """Conditional modes ``b`` and their conditional SDs, per level."""
         _, _ = self.evaluate(params, gradient=False)
         sigma = float(params[self.p])
         r = self.last
-        return sigma * r.u_hat, sigma / np.sqrt(r.h)
+        b, sd = sigma * r.u_hat, sigma / np.sqrt(r.h)
+        if self.pattern is not None:
+            b, sd = b[self.pattern], sd[self.pattern]
+        return b, sd
 
 
 def make_objective(frame: GlmerFrame, nagq: int):

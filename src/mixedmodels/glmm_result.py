@@ -33,7 +33,14 @@ class GlmerResult:
     theta : ndarray
     loglik, aic, bic, deviance : float
     nagq : int
-        Quadrature points of the final fit (1 = Laplace).
+        Quadrature points of the final fit (1 = Laplace); with ``nagq="auto"`` the most points
+        any group needed.
+    points_range : tuple of int or None
+        ``nagq="auto"``: the fewest and the most points of the per-group rules (each group's
+        integral converged to 1e-8); None otherwise.
+    distinct_groups : int or None
+        Scalar models: how many groups have distinct data (each distinct group's integral is
+        computed once, weighted by how many groups share it).
     quadrature_converged : bool or None
         Whether more points leave the log-likelihood unchanged (scalar models).
     converged : bool
@@ -68,6 +75,9 @@ class GlmerResult:
         self.fixef = pd.Series(x[:p], index=self.xnames, name="Estimate")
         self.loglik = float(opt.loglik)
         self.loglik_check: tuple[int, float] | None = None
+        rules = getattr(obj, "rules", None)
+        self.points_range = obj.points_range if rules is not None else None
+        self.distinct_groups = getattr(obj, "nunits", None)
         self.quadrature_converged: bool | None = None
         self.notes: list[str] = []
         H = opt.hessian
@@ -449,7 +459,11 @@ class GlmerResult:
     # ---- summary ----------------------------------------------------------------------
     def summary(self) -> ModelSummary:
         """lme4-style summary (``print`` it, or let a notebook render its HTML)."""
-        if self.nagq == 1:
+        if self.points_range is not None:
+            lo, hi = self.points_range
+            method = (f"adaptive quadrature chosen by nagq='auto': {lo}-{hi} points per group, "
+                      "each group's integral to 1e-8")
+        elif self.nagq == 1:
             method = "Laplace Approximation"
         else:
             auto = ", chosen by nagq='auto'" if self.auto else ""
@@ -486,9 +500,17 @@ class GlmerResult:
                          f"(estimated by ML with the rest): {self.dispersion:.4g}")
         if self.loglik_check is not None:
             k, llc = self.loglik_check
-            rule = "the Laplace approximation" if self.nagq == 1 else f"{self.nagq}-point quadrature"
-            notes.append(f"logLik: the marginal log-likelihood with all constants, by {rule}; "
-                         f"with {k} points at the same estimates it is {llc:.3f}")
+            if self.points_range is not None:
+                lo, hi = self.points_range
+                notes.append(f"logLik: the exact marginal log-likelihood with all constants "
+                             f"(trapezoid rules of {lo}-{hi} points centred and scaled on each "
+                             f"group's mode); with every rule about doubled ({2 * lo - 1}-{k} "
+                             f"points) it is {llc:.6f}")
+            else:
+                rule = ("the Laplace approximation" if self.nagq == 1
+                        else f"{self.nagq}-point quadrature")
+                notes.append(f"logLik: the marginal log-likelihood with all constants, by {rule}; "
+                             f"with {k} points at the same estimates it is {llc:.3f}")
         return ModelSummary(title=title, fit_statistics=stats, random_effects=re_tab,
                             ngroups=self.ngroups, nobs=self.nobs, fixed_effects=fe,
                             residuals=residual_quantiles(self.pearson_residuals()),
