@@ -97,13 +97,23 @@ def test_threads_auto_poisson_text_covariate(threads):
     u = rng.normal(0, 0.8, 300)
     y = rng.poisson(np.exp(0.3 + 0.4 * (arm == "b") + u[g]))
     data = pd.DataFrame({"y": y, "arm": arm, "g": [f"s{k:03d}" for k in g]})
-    ref = _quiet(mm.glmer, "y ~ arm + (1 | g)", data, family="poisson", nagq="auto")
     ddf = dd.from_pandas(data, npartitions=3)
     fit = _quiet(mm.glmer, "y ~ arm + (1 | g)", ddf, family="poisson", nagq="auto",
                  client=threads, verbose=False)
-    _assert_same(fit, ref)
-    assert [h[0] for h in fit.history] == [h[0] for h in ref.history]
+    # On Dask, "auto" climbs the Gauss-Hermite ladder; in memory it uses per-group rules
+    # (mixedmodels.glmm_nagq). The ladder's last rule equals the in-memory fit at that rule,
+    # and both are the exact MLE to the ladder's tolerance.
+    ref = _quiet(mm.glmer, "y ~ arm + (1 | g)", data, family="poisson", nagq=fit.nagq)
+    # (The ladder reached its last rule by another path: SEs from a Hessian taken nearby.)
+    np.testing.assert_allclose(fit.fixef, ref.fixef, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(fit.theta, ref.theta, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(fit.se, ref.se, rtol=1e-4)
+    assert abs(fit.loglik - ref.loglik) < 1e-8 * (1 + abs(ref.loglik))
+    assert fit.history[-1][0] == fit.nagq
     assert fit.xnames == ref.xnames
+    exact = _quiet(mm.glmer, "y ~ arm + (1 | g)", data, family="poisson", nagq="auto")
+    np.testing.assert_allclose(fit.fixef, exact.fixef, atol=1e-4)
+    assert abs(fit.loglik - exact.loglik) < 2e-4
 
 
 def test_warmup_subset_path(threads, clicks, monkeypatch):

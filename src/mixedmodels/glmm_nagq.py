@@ -43,7 +43,7 @@ def _warm_start(frame, obj, nagq):
     Newton steps. Returns ``(start, hessian or None)``.
     """
     start = _default_start(frame, obj)
-    if isinstance(obj, ScalarObjective) and getattr(obj, "nunits", obj.ngroups) > 4 * WARMUP_GROUPS:
+    if isinstance(obj, ScalarObjective) and obj.ngroups > 4 * WARMUP_GROUPS:
         rng = np.random.default_rng(20160915)
         sub = np.sort(rng.choice(obj.ngroups, WARMUP_GROUPS, replace=False))
         sobj = obj.subset(sub)
