@@ -29,7 +29,7 @@ import os
 import time
 import uuid
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -134,14 +134,16 @@ class _Spec:
 
 @dataclass
 class _Partition:
-    """A partition's state on its worker: its frame, then its in-memory objective."""
+    """A partition's state on its worker: its in-memory objective (the kernel's chunks of
+    whole groups, sorted by group, and the warm starts) and its group keys. The rows are not
+    kept twice: every pass over them reads the chunks."""
 
-    frame: GlmerFrame | None
+    obj: ScalarObjective | None
     keys: np.ndarray
     n_dropped: int
     warnings: list[tuple[type, str]]
-    obj: ScalarObjective | None = None
-    x_keep: np.ndarray | None = None
+    summary: dict
+    cols: np.ndarray | None = None   # columns of the full X the chunks hold
 
 
 def _partition_frame(sub: pd.DataFrame, spec: _Spec) -> tuple[GlmerFrame, np.ndarray]:
@@ -171,10 +173,7 @@ def _partition_frame(sub: pd.DataFrame, spec: _Spec) -> tuple[GlmerFrame, np.nda
                         lhs_terms=pieces, lhs_ratio=ratio, X=X, xnames=list(spec.xnames),
                         dropped_columns=[], rows=sub.index, n_dropped=0, reterms=[term],
                         fixed_spec=spec.fixed_spec, x_keep=np.arange(X.shape[1]))
-    frame = frame_from_model(ms, sub, spec.family, spec.weights)
-    # The rows themselves are no longer needed: the frame holds the arrays.
-    ms.data, ms.lhs_terms, ms.lhs_ratio = None, None, None
-    return frame, keys
+    return frame_from_model(ms, sub, spec.family, spec.weights), keys
 
 
 def _build_partition(df: pd.DataFrame, spec: _Spec) -> _Partition:
@@ -184,14 +183,24 @@ def _build_partition(df: pd.DataFrame, spec: _Spec) -> _Partition:
         complete = sub.notna().all(axis=1).to_numpy()
         n_dropped = int((~complete).sum())
         sub = sub.loc[complete].reset_index(drop=True)
+        del df
         for c, dt in spec.categories.items():
             sub[c] = sub[c].astype(dt)
+        obj = None
+        summary = {"n": 0, "XtX": None, "colmax": None, "z_one": True}
         if len(sub):
             frame, keys = _partition_frame(sub, spec)
+            del sub
+            X = frame.ms.X
+            summary = {"n": len(frame.y), "XtX": X.T @ X, "colmax": np.max(np.abs(X), axis=0),
+                       "z_one": bool(np.all(frame.ms.reterms[0].Z[:, 0] == 1.0))}
+            obj = ScalarObjective(frame, 1, max_rows=CHUNK_ROWS)
+            obj.frame = None   # the chunks hold the rows now
+            del frame
         else:
-            frame, keys = None, np.asarray(df[spec.group].iloc[:0])
+            keys = np.asarray(sub[spec.group].iloc[:0])
     msgs = [(w.category, str(w.message)) for w in caught]
-    return _Partition(frame, keys, n_dropped, msgs)
+    return _Partition(obj, keys, n_dropped, msgs, summary, None)
 
 
 def _part_keys(df: pd.DataFrame, group: str) -> np.ndarray:
@@ -203,28 +212,19 @@ def _part_keys(df: pd.DataFrame, group: str) -> np.ndarray:
 
 def _summary(part: _Partition) -> dict:
     """What the driver needs once: keys, counts, the Gram matrix of X, warnings."""
-    f = part.frame
-    out = {"keys": part.keys, "n_dropped": part.n_dropped, "warnings": part.warnings}
-    if f is None:
-        out.update(n=0, XtX=None, colmax=None, z_one=True)
-        return out
-    X = f.ms.X
-    out.update(n=len(f.y), XtX=X.T @ X, colmax=np.max(np.abs(X), axis=0) if len(X) else None,
-               z_one=bool(np.all(f.ms.reterms[0].Z[:, 0] == 1.0)))
-    return out
+    return dict(part.summary, keys=part.keys, n_dropped=part.n_dropped, warnings=part.warnings)
 
 
-def _objective(part: _Partition, x_keep: np.ndarray, nagq: int) -> ScalarObjective:
-    """The partition's in-memory objective, built on first use (and again on a new worker
-    after a loss: the partition is then rebuilt from its lineage without it)."""
-    if part.obj is None or not np.array_equal(part.x_keep, x_keep):
-        f = part.frame
-        if f.ms.X.shape[1] != len(x_keep):
-            f.ms.X = np.ascontiguousarray(f.ms.X[:, x_keep])
-            f.ms.xnames = [f.ms.xnames[j] for j in x_keep]
-        part.obj = ScalarObjective(f, nagq, max_rows=CHUNK_ROWS)
-        part.x_keep = np.asarray(x_keep)
-    return part.obj
+def _objective(part: _Partition, x_keep: np.ndarray) -> ScalarObjective | None:
+    """The partition's objective on the kept columns of X (the rank check may drop some)."""
+    obj = part.obj
+    if obj is not None and (part.cols is None or not np.array_equal(part.cols, x_keep)):
+        if part.cols is not None or len(x_keep) != obj.p:
+            sel = x_keep if part.cols is None else np.searchsorted(part.cols, x_keep)
+            obj.chunks = [replace(ch, X=np.ascontiguousarray(ch.X[:, sel])) for ch in obj.chunks]
+            obj.p, obj.nparams = len(x_keep), len(x_keep) + 1
+        part.cols = np.asarray(x_keep)
+    return obj
 
 
 _NUMERIC_ERRORS = (np.linalg.LinAlgError, FloatingPointError, ValueError)
@@ -232,10 +232,10 @@ _NUMERIC_ERRORS = (np.linalg.LinAlgError, FloatingPointError, ValueError)
 
 def _evaluate(part: _Partition, x_keep, params, gradient, nagq, keep, opg, reset):
     """One partition's sums at ``params`` (the in-memory objective's ``evaluate``)."""
-    if part.frame is None:
+    obj = _objective(part, x_keep)
+    if obj is None:
         return None
     t0 = time.perf_counter()
-    obj = _objective(part, x_keep, nagq)
     if reset:
         obj.reset()
     try:
@@ -248,76 +248,84 @@ def _evaluate(part: _Partition, x_keep, params, gradient, nagq, keep, opg, reset
 
 
 def _modes(part: _Partition, x_keep, params, nagq):
-    if part.frame is None:
+    obj = _objective(part, x_keep)
+    if obj is None:
         return None
-    obj = _objective(part, x_keep, nagq)
+    obj.nagq = nagq
     with single_thread_blas(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        b, sd = obj.modes(params)
-    return b, sd
+        return obj.modes(params)
 
 
 def _glm_pass(part: _Partition, x_keep, beta):
     """Sums of one IRLS step of the GLM start (``beta=None``: the first, from the data)."""
-    f = part.frame
-    if f is None:
+    obj = _objective(part, x_keep)
+    if obj is None:
         return None
-    X, y, m, fam = f.ms.X[:, x_keep], f.y, f.m, f.family
-    if beta is None:
-        mu0 = (m * y + 0.5) / (m + 1.0) if fam.name == "binomial" else y + 0.1
-        eta = fam.linkfun(mu0)
-        return X.T @ X, X.T @ eta
-    d1, d2 = fam.derivs(X @ beta, y, m)
-    w = -d2 + 1e-10
-    return (X * w[:, None]).T @ X, X.T @ d1
+    fam, A, b = obj.family, 0.0, 0.0
+    for ch in obj.chunks:
+        X, y, m = ch.X, ch.y, ch.m
+        if beta is None:
+            mu0 = (m * y + 0.5) / (m + 1.0) if fam.name == "binomial" else y + 0.1
+            A, b = A + X.T @ X, b + X.T @ fam.linkfun(mu0)
+        else:
+            d1, d2 = fam.derivs(X @ beta, y, m)
+            w = -d2 + 1e-10
+            A, b = A + (X * w[:, None]).T @ X, b + X.T @ d1
+    return A, b
 
 
 def _intercept_pass(part: _Partition, x_keep, beta, center):
     """Sums over groups of the empirical link values the random-intercept start uses."""
-    f = part.frame
-    if f is None:
+    obj = _objective(part, x_keep)
+    if obj is None:
         return 0.0, 0
-    t = f.ms.reterms[0]
-    G = len(part.keys)
-    S = np.bincount(t.codes, f.y * f.m, G)
-    N = np.bincount(t.codes, f.m, G)
-    fixed = np.bincount(t.codes, (f.ms.X[:, x_keep] @ beta) * f.m, G)
-    ok = N > 0
-    fam = f.family
-    if fam.name == "binomial" and fam.link == "logit":
-        e = np.log((S[ok] + 0.5) / (N[ok] - S[ok] + 0.5))
-    elif fam.name == "binomial":
-        e = fam.linkfun((S[ok] + 0.5) / (N[ok] + 1.0))
-    else:
-        e = np.log((S[ok] + 0.5) / N[ok])
-    e = e - fixed[ok] / N[ok]
-    if center is None:
-        return float(np.sum(e)), int(len(e))
-    return float(np.sum((e - center) ** 2)), int(len(e))
+    fam, tot, cnt = obj.family, 0.0, 0
+    for ch in obj.chunks:
+        S = ch.group_sum(ch.y * ch.m)
+        N = ch.group_sum(ch.m)
+        fixed = ch.group_sum((ch.X @ beta) * ch.m)
+        ok = N > 0
+        if fam.name == "binomial" and fam.link == "logit":
+            e = np.log((S[ok] + 0.5) / (N[ok] - S[ok] + 0.5))
+        elif fam.name == "binomial":
+            e = fam.linkfun((S[ok] + 0.5) / (N[ok] + 1.0))
+        else:
+            e = np.log((S[ok] + 0.5) / N[ok])
+        e = e - fixed[ok] / N[ok]
+        tot += float(np.sum(e)) if center is None else float(np.sum((e - center) ** 2))
+        cnt += len(e)
+    return tot, cnt
 
 
 def _subset_rows(part: _Partition, x_keep, newcode):
     """Rows of the selected groups (``newcode[local group] >= 0``), with their new codes."""
-    f = part.frame
-    if f is None:
+    obj = _objective(part, x_keep)
+    if obj is None:
         return None
-    t = f.ms.reterms[0]
-    c = newcode[t.codes]
-    r = c >= 0
-    return (f.ms.X[r][:, x_keep], f.y[r], f.m[r], t.Z[r], f.const[r], c[r])
+    out, g0 = [], 0
+    for ch in obj.chunks:
+        c = newcode[g0 + ch.gidx]
+        r = c >= 0
+        out.append((ch.X[r], ch.y[r], ch.m[r], ch.z[r][:, None], ch.const[r], c[r]))
+        g0 += ch.ngroups
+    return tuple(np.concatenate([o[j] for o in out]) for j in range(6))
 
 
 def _pearson(part: _Partition, x_keep, params, nagq):
-    f = part.frame
-    if f is None:
+    obj = _objective(part, x_keep)
+    if obj is None:
         return np.zeros(0)
-    obj = _objective(part, x_keep, nagq)
+    obj.nagq = nagq
     p = len(x_keep)
     with single_thread_blas(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         b, _ = obj.modes(params)
-    t = f.ms.reterms[0]
-    eta = f.ms.X[:, x_keep] @ params[:p] + t.Z[:, 0] * b[t.codes]
-    mu = f.family.linkinv(eta)
-    return f.family.pearson_residuals(f.y, mu, f.m)
+    out, g0 = [], 0
+    for ch in obj.chunks:
+        eta = ch.X @ params[:p] + ch.z * b[g0 + ch.gidx]
+        mu = obj.family.linkinv(eta)
+        out.append(obj.family.pearson_residuals(ch.y, mu, ch.m))
+        g0 += ch.ngroups
+    return np.concatenate(out)
 
 
 # =========================================================================================
