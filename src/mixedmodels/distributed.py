@@ -574,6 +574,21 @@ class DaskScalarObjective(ScalarObjective):
                 return np.concatenate([beta, [sd]])
         return np.concatenate([beta, [1.0]])
 
+    def traffic(self) -> dict:
+        """What one evaluation moves and costs: bytes sent to and returned by each partition
+        (pickled, as the scheduler ships them), and the mean wall time of an evaluation and
+        of one partition's computation in it."""
+        import pickle
+
+        p = np.zeros(self.nparams)
+        sent = len(pickle.dumps((self.x_keep, p, True, self.nagq, True, True, False)))
+        back = len(pickle.dumps(("ok", (0.0, p, np.zeros((self.nparams, self.nparams))), 0.0)))
+        walls = [w for w, _ in self.eval_log]
+        parts = [t for _, ts in self.eval_log for t in ts]
+        return {"bytes_to_partition": sent, "bytes_from_partition": back,
+                "eval_wall_seconds": float(np.mean(walls)) if walls else float("nan"),
+                "partition_eval_seconds": float(np.mean(parts)) if parts else float("nan")}
+
     def close_progress(self) -> None:
         if self._bar is not None:
             self._bar.close()
@@ -864,15 +879,19 @@ def glmer_dask(formula: str, data, family: str | Family = "binomial",
         raise ValueError(f"`nagq` must be a whole number >= 1 or 'auto', got {nagq!r}")
     frame, obj = dask_objective(formula, data, family, weights, 10 if auto else int(nagq), link,
                                 client=client, verbose=verbose)
+    t1 = time.perf_counter()
     try:
         with single_thread_blas():
             res = fit_frame(frame, nagq, start, obj=obj, result_class=DaskGlmerResult)
     finally:
         obj.close_progress()
+    t2 = time.perf_counter()
     info = obj.client.scheduler_info()
     res.distributed = {"path": "kernel", "npartitions": len(obj.parts),
                        "nworkers": len(info.get("workers", {})), "shuffled": obj.shuffled,
-                       "evaluations": obj.nevals, "seconds": time.perf_counter() - t0}
+                       "evaluations": obj.nevals, "seconds": t2 - t0,
+                       "setup_seconds": t1 - t0, "fit_seconds": t2 - t1,
+                       **obj.traffic()}
     res.notes.append(f"fitted out of core on Dask: {len(obj.parts)} partitions on "
                      f"{res.distributed['nworkers']} workers, the kernel mapped over partitions")
     return res
