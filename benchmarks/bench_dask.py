@@ -51,37 +51,15 @@ USERS_PER_FILE = 250_000
 
 def write_parquet(users: int, folder: Path, seed: int = 2016,
                   users_per_file: int = USERS_PER_FILE) -> Path:
-    """Write ``users`` users made like the post's to ``folder``, one file per block of users.
-
-    Block ``i`` draws from ``numpy.random.default_rng([seed, i])`` (reproducible, and any
-    block can be made alone); its user ids continue the previous block's. Returns the folder;
-    an existing complete folder (its ``_done.json`` matches) is reused.
-    """
-    import pandas as pd
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    import mixedmodels as mm
+    """Write the users with :func:`mixedmodels.datasets.write_click_parquet` (one file per
+    block of users, never the whole data in memory); reuse a complete folder."""
+    from mixedmodels.datasets import write_click_parquet
 
     marker = folder / "_done.json"
     meta = {"users": users, "seed": seed, "users_per_file": users_per_file, "post": POST}
     if marker.exists() and json.loads(marker.read_text()) == meta:
         return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    for f in folder.glob("*.parquet"):
-        f.unlink()
-    first = 0
-    for i in range((users + users_per_file - 1) // users_per_file):
-        n = min(users_per_file, users - first)
-        rng = np.random.default_rng([seed, i])
-        data, _, _ = mm.make_click_data(n, *POST, seed=rng)
-        block = pd.DataFrame({"clicks": data["clicks"].to_numpy(),
-                              "expos": data["expos"].to_numpy(),
-                              "display": data["display"].to_numpy(),
-                              "id": data["id"].cat.codes.to_numpy().astype(np.int64) + first + 1})
-        pq.write_table(pa.Table.from_pandas(block, preserve_index=False),
-                       folder / f"part-{i:05d}.parquet")
-        first += n
+    write_click_parquet(folder, users, users_per_file=users_per_file, seed=seed)
     marker.write_text(json.dumps(meta))
     return folder
 

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import expit
 
-__all__ = ["load_ctr", "make_click_data", "ClickData"]
+__all__ = ["load_ctr", "make_click_data", "ClickData", "write_click_parquet"]
 
 
 def load_ctr() -> pd.DataFrame:
@@ -156,3 +156,62 @@ def make_click_data(p: int, mu: float, tau: float, sig_a: float, pois_mean: floa
         "id": pd.Categorical(ids_all, categories=ids),
     })
     return ClickData(data, a, treated)
+
+
+def write_click_parquet(folder, users: int, *, users_per_file: int = 250_000, seed: int = 2016,
+                        mu: float = -4.5, tau: float = 0.5, sig_a: float = 5.0,
+                        pois_mean: float = 20.0) -> list:
+    """Write ``users`` users made like the post's to Parquet files, block by block of users.
+
+    Each block of ``users_per_file`` users is simulated by :func:`make_click_data` with the
+    generator ``numpy.random.default_rng([seed, block])`` and written to its own file
+    ``part-00000.parquet``, ``part-00001.parquet``, ... with pyarrow, so the whole data set is
+    never in memory and any block can be remade alone. User ids (column ``id``, int64)
+    continue from block to block, so every file holds whole users.
+
+    Parameters
+    ----------
+    folder : str or path
+        Created if missing; existing ``part-*.parquet`` files in it are replaced.
+    users : int
+        Number of users (about 1.5 rows each).
+    users_per_file : int
+        Users per file (the Dask partitions when the folder is read back).
+    seed : int
+    mu, tau, sig_a, pois_mean : float
+        As :func:`make_click_data` (the post's values by default).
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files written.
+
+    Raises
+    ------
+    ImportError
+        Without pyarrow (``pip install pyarrow``).
+    """
+    from pathlib import Path
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    users = _check_pos_int(users, "users")
+    users_per_file = _check_pos_int(users_per_file, "users_per_file")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("part-*.parquet"):
+        old.unlink()
+    files, first = [], 0
+    for block in range((users + users_per_file - 1) // users_per_file):
+        n = min(users_per_file, users - first)
+        data, _, _ = make_click_data(n, mu, tau, sig_a, pois_mean,
+                                     seed=np.random.default_rng([seed, block]))
+        table = pa.table({"clicks": data["clicks"].to_numpy(), "expos": data["expos"].to_numpy(),
+                          "display": data["display"].to_numpy(),
+                          "id": data["id"].cat.codes.to_numpy().astype(np.int64) + first + 1})
+        path = folder / f"part-{block:05d}.parquet"
+        pq.write_table(table, path)
+        files.append(path)
+        first += n
+    return files

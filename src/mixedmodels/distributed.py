@@ -824,6 +824,19 @@ class DaskGlmerResult(GlmerResult):
         obj = self._obj
         return np.concatenate(obj._map(_pearson, self._params, self.nagq))
 
+    def evaluation_log(self) -> pd.DataFrame:
+        """Each objective evaluation of the fit: its wall time on the driver and every
+        partition's compute time on its worker (seconds).
+
+        Returns
+        -------
+        DataFrame
+            Columns ``evaluation``, ``partition``, ``seconds`` and ``wall_seconds``.
+        """
+        rows = [(i, j, t, wall) for i, (wall, ts) in enumerate(self._obj.eval_log)
+                for j, t in enumerate(ts)]
+        return pd.DataFrame(rows, columns=["evaluation", "partition", "seconds", "wall_seconds"])
+
     def fitted(self):
         raise ValueError("the fitted rows of a Dask fit live on the cluster: call "
                          "predict(newdata, type='response') on the rows you need (a pandas or "
