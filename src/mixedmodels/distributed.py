@@ -25,6 +25,7 @@ problem on all rows at once; here the same iteration runs on sums over partition
 from __future__ import annotations
 
 import atexit
+import hashlib
 import os
 import time
 import uuid
@@ -144,6 +145,7 @@ class _Partition:
     warnings: list[tuple[type, str]]
     summary: dict
     cols: np.ndarray | None = None   # columns of the full X the chunks hold
+    rules: str | None = None         # digest of the per-group rules in use (nagq="auto")
 
 
 def _partition_frame(sub: pd.DataFrame, spec: _Spec) -> tuple[GlmerFrame, np.ndarray]:
@@ -230,30 +232,73 @@ def _objective(part: _Partition, x_keep: np.ndarray) -> ScalarObjective | None:
 _NUMERIC_ERRORS = (np.linalg.LinAlgError, FloatingPointError, ValueError)
 
 
-def _evaluate(part: _Partition, x_keep, params, gradient, nagq, keep, opg, reset):
+def _evaluate(part: _Partition, x_keep, params, gradient, nagq, keep, opg, reset,
+              rules=None, refine=False):
     """One partition's sums at ``params`` (the in-memory objective's ``evaluate``)."""
     obj = _objective(part, x_keep)
     if obj is None:
         return None
+    if rules != part.rules:
+        # This partition was rebuilt on another worker after a loss and has forgotten the
+        # per-group rules the driver chose: its sums would be another approximation's.
+        return ("lost", "the per-group quadrature rules")
     t0 = time.perf_counter()
     if reset:
         obj.reset()
+    kw = {"refine": True} if refine else {}
+    if rules is not None:
+        nagq = None   # the per-group rules, not a Gauss-Hermite rule
     try:
         with single_thread_blas(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            out = obj.evaluate(params, gradient=gradient, nagq=nagq, keep=keep, opg=opg)
+            out = obj.evaluate(params, gradient=gradient, nagq=nagq, keep=keep, opg=opg, **kw)
     except _NUMERIC_ERRORS as exc:
         # Handed back as data, so that the driver raises the same error as in memory.
         return ("error", type(exc).__name__, str(exc))
     return ("ok", out, time.perf_counter() - t0)
 
 
-def _modes(part: _Partition, x_keep, params, nagq):
+def _rules_digest(rules) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for a in (rules.points, rules.span, rules.shift):
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def _choose_rules(part: _Partition, x_keep, params):
+    """The partition's per-group rules at ``params`` (nagq="auto"): installed on the worker;
+    a digest and the range of points go back."""
     obj = _objective(part, x_keep)
     if obj is None:
         return None
+    with single_thread_blas(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        r = obj.choose_rules(params)
+    part.rules = _rules_digest(r)
+    return part.rules, int(r.points.min()), int(r.points.max())
+
+
+def _clear_rules(part: _Partition, x_keep):
+    obj = _objective(part, x_keep)
+    if obj is not None and hasattr(obj, "set_rules"):
+        obj.set_rules(None)
+    part.rules = None
+
+
+def _modes(part: _Partition, x_keep, params, nagq, rules=None):
+    obj = _objective(part, x_keep)
+    if obj is None:
+        return None
+    if rules != part.rules:
+        return ("lost", "the per-group quadrature rules")
     obj.nagq = nagq
     with single_thread_blas(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         return obj.modes(params)
+
+
+def _row_weights(ch) -> np.ndarray | float:
+    """How many groups each row of a chunk stands for (identical groups are compressed into
+    one weighted unit by the in-memory objective)."""
+    w = getattr(ch, "weights", None)
+    return 1.0 if w is None else w[ch.gidx]
 
 
 def _glm_pass(part: _Partition, x_keep, beta):
@@ -263,14 +308,15 @@ def _glm_pass(part: _Partition, x_keep, beta):
         return None
     fam, A, b = obj.family, 0.0, 0.0
     for ch in obj.chunks:
-        X, y, m = ch.X, ch.y, ch.m
+        X, y, m, wr = ch.X, ch.y, ch.m, _row_weights(ch)
         if beta is None:
             mu0 = (m * y + 0.5) / (m + 1.0) if fam.name == "binomial" else y + 0.1
-            A, b = A + X.T @ X, b + X.T @ fam.linkfun(mu0)
+            Xw = X * np.broadcast_to(wr, len(y))[:, None]
+            A, b = A + Xw.T @ X, b + Xw.T @ fam.linkfun(mu0)
         else:
             d1, d2 = fam.derivs(X @ beta, y, m)
-            w = -d2 + 1e-10
-            A, b = A + (X * w[:, None]).T @ X, b + X.T @ d1
+            w = (-d2 + 1e-10) * wr
+            A, b = A + (X * w[:, None]).T @ X, b + X.T @ (d1 * wr)
     return A, b
 
 
@@ -284,6 +330,7 @@ def _intercept_pass(part: _Partition, x_keep, beta, center):
         S = ch.group_sum(ch.y * ch.m)
         N = ch.group_sum(ch.m)
         fixed = ch.group_sum((ch.X @ beta) * ch.m)
+        wg = np.ones(ch.ngroups) if getattr(ch, "weights", None) is None else ch.weights
         ok = N > 0
         if fam.name == "binomial" and fam.link == "logit":
             e = np.log((S[ok] + 0.5) / (N[ok] - S[ok] + 0.5))
@@ -292,8 +339,9 @@ def _intercept_pass(part: _Partition, x_keep, beta, center):
         else:
             e = np.log((S[ok] + 0.5) / N[ok])
         e = e - fixed[ok] / N[ok]
-        tot += float(np.sum(e)) if center is None else float(np.sum((e - center) ** 2))
-        cnt += len(e)
+        w = wg[ok]
+        tot += float(w @ e) if center is None else float(w @ (e - center) ** 2)
+        cnt += float(np.sum(w))
     return tot, cnt
 
 
@@ -302,28 +350,43 @@ def _subset_rows(part: _Partition, x_keep, newcode):
     obj = _objective(part, x_keep)
     if obj is None:
         return None
-    out, g0 = [], 0
+    sel = np.flatnonzero(newcode >= 0)
+    pattern = getattr(obj, "pattern", None)
+    unit = sel if pattern is None else pattern[sel]     # each group's rows are its unit's
+    X, y, m, z, c = (np.concatenate([getattr(ch, f) for ch in obj.chunks])
+                     for f in ("X", "y", "m", "z", "const"))
+    starts, counts, r0 = [], [], 0
     for ch in obj.chunks:
-        c = newcode[g0 + ch.gidx]
-        r = c >= 0
-        out.append((ch.X[r], ch.y[r], ch.m[r], ch.z[r][:, None], ch.const[r], c[r]))
-        g0 += ch.ngroups
-    return tuple(np.concatenate([o[j] for o in out]) for j in range(6))
+        n_ch = np.diff(np.r_[ch.starts, len(ch.y)])
+        starts.append(ch.starts + r0)
+        counts.append(n_ch)
+        r0 += len(ch.y)
+    starts, counts = np.concatenate(starts)[unit], np.concatenate(counts)[unit]
+    rows = np.repeat(starts - np.r_[0, np.cumsum(counts)[:-1]], counts) + np.arange(counts.sum())
+    codes = np.repeat(newcode[sel], counts)
+    return X[rows], y[rows], m[rows], z[rows][:, None], c[rows], codes
 
 
-def _pearson(part: _Partition, x_keep, params, nagq):
+def _pearson(part: _Partition, x_keep, params, nagq, rules=None):
+    """Pearson residuals of every row of the partition (each unit's rows once per group)."""
     obj = _objective(part, x_keep)
     if obj is None:
         return np.zeros(0)
+    if rules != part.rules:
+        raise DistributedFitError("a partition rebuilt after a lost worker has forgotten the "
+                                  "per-group quadrature rules: fit again")
     obj.nagq = nagq
     p = len(x_keep)
     with single_thread_blas(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        b, _ = obj.modes(params)
+        obj.modes(params)
+    sigma = float(params[p])
     out, g0 = [], 0
     for ch in obj.chunks:
-        eta = ch.X @ params[:p] + ch.z * b[g0 + ch.gidx]
-        mu = obj.family.linkinv(eta)
-        out.append(obj.family.pearson_residuals(ch.y, mu, ch.m))
+        b = sigma * obj.last.u_hat[g0:g0 + ch.ngroups]
+        eta = ch.X @ params[:p] + ch.offset + ch.z * b[ch.gidx]
+        r = obj.family.pearson_residuals(ch.y, obj.family.linkinv(eta), ch.m)
+        w = getattr(ch, "weights", None)
+        out.append(r if w is None else np.repeat(r, w[ch.gidx].astype(np.int64)))
         g0 += ch.ngroups
     return np.concatenate(out)
 
@@ -439,6 +502,22 @@ class DaskGlmerFrame:
 # =========================================================================================
 
 
+@dataclass
+class _Last:
+    """What the driver keeps of the last evaluation (the modes stay on the workers)."""
+
+    loglik: float
+
+
+@dataclass
+class _RulesDigest:
+    """Per-partition digests of the per-group rules the workers hold."""
+
+    points: np.ndarray
+    span: np.ndarray
+    shift: np.ndarray
+
+
 class DaskScalarObjective(ScalarObjective):
     """The AGQ log-likelihood of a Dask frame: the in-memory objective's interface, evaluated
     by mapping each partition's in-memory objective on its worker and adding the sums.
@@ -463,6 +542,7 @@ class DaskScalarObjective(ScalarObjective):
         self._pos[self._perm] = np.arange(len(self._perm))
         self._z_one = z_one
         self._reset = False
+        self.rules, self._tokens, self._points = None, [None] * len(parts), None
         self.nevals = 0
         self.last = None
         self.eval_log: list[tuple[float, list[float]]] = []
@@ -472,9 +552,13 @@ class DaskScalarObjective(ScalarObjective):
             self._bar = tqdm(desc="glmer on Dask", unit=" evaluations", leave=False)
 
     # ---- the cluster -----------------------------------------------------------------
-    def _map(self, fn, *args, **kw):
-        futures = [self.client.submit(fn, f, self.x_keep, *args, pure=False, **kw)
-                   for f in self.parts]
+    def _map(self, fn, *args, per_part=None, **kw):
+        """Run ``fn(partition, x_keep, *args)`` on every partition's worker; the results in
+        partition order. ``per_part``: one more argument per partition."""
+        extra = per_part if per_part is not None else [None] * len(self.parts)
+        futures = [self.client.submit(fn, f, self.x_keep, *args,
+                                      *(() if per_part is None else (e,)), pure=False, **kw)
+                   for f, e in zip(self.parts, extra)]
         try:
             return self.client.gather(futures)
         except Exception as exc:
@@ -488,16 +572,27 @@ class DaskScalarObjective(ScalarObjective):
         self._reset = True
 
     def evaluate(self, params: np.ndarray, gradient: bool = True, nagq: int | None = None,
-                 keep: bool = True, opg: bool = False):
+                 keep: bool = True, opg: bool = False, refine: bool = False):
         params = np.asarray(params, dtype=float)
         t0 = time.perf_counter()
-        outs = self._map(_evaluate, params, gradient, int(nagq or self.nagq), keep, opg,
-                         self._reset)
+        if nagq is not None or self.rules is None:
+            tokens = [None] * len(self.parts)
+            k = int(nagq or self.nagq)
+            outs = self._map(_evaluate, params, gradient, k, keep, opg, self._reset,
+                             per_part=tokens)
+        else:
+            outs = self._map(_evaluate, params, gradient, None, keep, opg, self._reset,
+                             per_part=self._tokens, refine=refine)
         self._reset = False
         total, secs = None, []
         for out in outs:
             if out is None:
                 continue
+            if out[0] == "lost":
+                raise DistributedFitError(
+                    f"a Dask worker was lost during the fit and a partition rebuilt elsewhere "
+                    f"has forgotten {out[1]}; no estimate is returned from a partial "
+                    "evaluation. Fit again.")
             if out[0] == "error":
                 err = {"LinAlgError": np.linalg.LinAlgError,
                        "FloatingPointError": FloatingPointError}.get(out[1], ValueError)
@@ -507,16 +602,50 @@ class DaskScalarObjective(ScalarObjective):
             total = list(vals) if total is None else [
                 None if a is None or b is None else a + b for a, b in zip(total, vals)]
         self.nevals += 1
+        if keep:
+            self.last = _Last(float(total[0]))
         self.eval_log.append((time.perf_counter() - t0, secs))
         if self._bar is not None:
             self._bar.update(1)
             self._bar.set_postfix(loglik=f"{total[0]:.4f}", refresh=False)
         return tuple(total)
 
+    # ---- nagq="auto": per-group rules, chosen and kept on the workers -------------------
+    def choose_rules(self, params: np.ndarray):
+        """Every partition chooses its groups' rules at ``params`` (the in-memory
+        objective's ``choose_rules``) and keeps them; returns digests of them per partition
+        (compare two with ``np.array_equal`` on ``points``, as the in-memory rules)."""
+        outs = self._map(_choose_rules, np.asarray(params, dtype=float))
+        self._tokens = [None if o is None else o[0] for o in outs]
+        got = [o for o in outs if o is not None]
+        self._points = (min(o[1] for o in got), max(o[2] for o in got))
+        digest = np.array([o[0] for o in got])
+        self.rules = _RulesDigest(digest, digest, digest)
+        return self.rules
+
+    def set_rules(self, rules) -> None:
+        """``None``: back to ``nagq`` Gauss-Hermite points on every partition."""
+        if rules is not None:
+            raise ValueError("a Dask objective's rules are chosen on its workers "
+                             "(choose_rules); only set_rules(None) clears them")
+        self._map(_clear_rules)
+        self.rules, self._tokens = None, [None] * len(self.parts)
+
+    @property
+    def points_range(self) -> tuple[int, int]:
+        """Fewest and most points any group is integrated with."""
+        if self.rules is None:
+            return self.nagq, self.nagq
+        return self._points
+
     def modes(self, params):
         """Conditional modes ``b`` and their conditional SDs, per level (gathered)."""
         params = np.asarray(params, dtype=float)
-        outs = [o for o in self._map(_modes, params, self.nagq) if o is not None]
+        outs = [o for o in self._map(_modes, params, self.nagq, per_part=self._tokens)
+                if o is not None]
+        if any(o[0] == "lost" for o in outs if isinstance(o[0], str)):
+            raise DistributedFitError("a partition rebuilt after a lost worker has forgotten "
+                                      "the per-group quadrature rules: fit again")
         b = np.concatenate([o[0] for o in outs])[self._perm]
         sd = np.concatenate([o[1] for o in outs])[self._perm]
         return b, sd
@@ -822,7 +951,7 @@ class DaskGlmerResult(GlmerResult):
     def pearson_residuals(self) -> np.ndarray:
         """Pearson residuals of every row (gathered; rows in partition order)."""
         obj = self._obj
-        return np.concatenate(obj._map(_pearson, self._params, self.nagq))
+        return np.concatenate(obj._map(_pearson, self._params, self.nagq, per_part=obj._tokens))
 
     def evaluation_log(self) -> pd.DataFrame:
         """Each objective evaluation of the fit: its wall time on the driver and every
