@@ -158,6 +158,12 @@ def test_unsupported_models_say_what_is_supported(threads, clicks, formula, matc
         mm.glmer(formula, ddf, nagq=1, client=threads, verbose=False)
 
 
+def test_dispersion_families_are_refused(threads, clicks):
+    ddf = dd.from_pandas(clicks.assign(t=clicks.expos + 0.5), npartitions=2)
+    with pytest.raises(ValueError, match="dispersion"):
+        mm.glmer("t ~ display + (1 | id)", ddf, family="gamma", client=threads, verbose=False)
+
+
 def test_weights_must_be_a_column(threads, clicks):
     ddf = dd.from_pandas(clicks, npartitions=2)
     with pytest.raises(ValueError, match="name of a column"):

@@ -755,6 +755,9 @@ def _check_spec_input(formula, data, family, weights):
 def _build_spec(formula, data, family, weights, link):
     parsed, term = _check_spec_input(formula, data, family, weights)
     fam = get_family(family, link)
+    if fam.name not in ("binomial", "poisson"):
+        raise ValueError(f"{_SUPPORTED}; family {fam.name!r} has a dispersion parameter, which "
+                         "the Dask fitter does not estimate: fit it in memory")
     columns = pd.Index(data.columns)
     needed: dict[str, str] = {}
     lhs_vars = _lhs_variables(parsed.lhs, columns)
