@@ -33,7 +33,7 @@ from chapters import ROOT, toc_files
 
 HTML = Path(os.environ.get("BOOK_HTML", ROOT / "_build" / "html"))
 SHOTS = ROOT / "_build" / "screenshots"
-WIDTH, HEIGHT = 1366, 900  # a common laptop screen: the width the book is read at
+WIDTH, HEIGHT = 1280, 900  # a common laptop screen: the width the book is read at
 CHROMIUM = [os.environ.get("CHROMIUM", ""), "/usr/bin/chromium", "/usr/bin/chromium-browser",
             shutil.which("chromium") or "", shutil.which("chromium-browser") or ""]
 DRIVER = [os.environ.get("CHROMEDRIVER", ""), "/usr/bin/chromedriver", shutil.which("chromedriver") or ""]
