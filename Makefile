@@ -1,4 +1,5 @@
-# Two commands: `make book` builds the HTML book, `make test` runs the tests.
+# Two commands: `make book` builds the HTML book; `make test` builds it too, then runs the tests
+# (unit tests, the chapter checks, and the browser check of every built page).
 # Both create .venv on first use and reinstall only when pyproject.toml changes.
 PYTHON ?= python3
 VENV := .venv
@@ -17,7 +18,7 @@ $(STAMP): pyproject.toml
 book: $(STAMP)
 	$(VENV)/bin/jupyter-book build . --warningiserror --nitpick --keep-going
 
-test: $(STAMP)
+test: book
 	$(PY) -m pytest
 
 bench: $(STAMP)

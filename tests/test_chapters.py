@@ -64,3 +64,22 @@ def test_chapter_values(entry):
         if problem:
             problems.append(problem)
     assert not problems, f"chapter {entry}:\n  " + "\n  ".join(problems)
+
+
+@pytest.mark.chapters
+@pytest.mark.parametrize("entry", CHAPTERS, ids=stem)
+def test_chapter_shows_no_stderr(entry):
+    """No cell writes a warning or a log line the reader would see.
+
+    Output a chapter means to hide (a progress bar) is tagged ``remove-stderr``; the book build
+    applies the same rule (``stderr_output: warn`` under ``-W``).
+    """
+    notebook = run(entry)
+    shown = []
+    for number, cell in enumerate(notebook.cells):
+        if "remove-stderr" in cell.get("metadata", {}).get("tags", []):
+            continue
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream" and output.get("name") == "stderr":
+                shown.append(f"cell {number}: {output.get('text', '')[:300]}")
+    assert not shown, f"chapter {entry} shows stderr:\n  " + "\n  ".join(shown)
