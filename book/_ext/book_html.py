@@ -19,7 +19,7 @@ def _repository_setting(app, config) -> None:
     # One search box (the sidebar's); the PyData header would add a second one.
     options["navbar_persistent"] = []
     # A first visit has no stored mode; without a default the theme logs a console error.
-    options.setdefault("default_mode", "light")
+    config.html_context = {**(config.html_context or {}), "default_mode": "light"}
     url = (options.get("repository_url") or "").strip()
     if url:
         options["repository_url"] = url

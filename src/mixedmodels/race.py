@@ -547,7 +547,7 @@ def future_data(effects: np.ndarray, n_sets: int, *, seed: int | np.random.Gener
     Parameters
     ----------
     effects : ndarray (p,)
-        The users' effects (``effects[i]`` is user ``i + 1``, as :func:`make_click_data`).
+        The users' effects (``effects[i]`` is user ``i + 1``, as :func:`mixedmodels.make_click_data`).
     n_sets : int
     seed : int or numpy.random.Generator
     mu, tau, sig_a, pois_mean : float

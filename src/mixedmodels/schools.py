@@ -44,7 +44,7 @@ def simulate_schools(
     ----------
     n_schools : int
         Number of schools, at least 1. The first 18 are named after places of the
-        Westerlands (:data:`SCHOOL_NAMES`), later ones ``"School 19"`` and so on.
+        Westerlands (``mixedmodels.schools.SCHOOL_NAMES``), later ones ``"School 19"`` and so on.
     pupils_per_school : int
         Pupils tested in every school, at least 1.
     mean_score : float
