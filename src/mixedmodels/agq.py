@@ -44,7 +44,7 @@ __all__ = ["GroupChunk", "ChunkResult", "make_chunks", "conditional_modes", "agq
 
 #: Numbers of trapezoid points :func:`choose_rule` tries, in order (each group gets the first
 #: that has converged).
-POINTS_LADDER = (9, 13, 17, 21, 25, 33, 41, 49, 65, 81, 97, 129, 161, 193, 257, 385, 513)
+POINTS_LADDER = (17, 21, 25, 33, 41, 49, 65, 81, 97, 129, 161, 193, 257, 385, 513)
 #: Half-widths :func:`choose_rule` tries for a group's range, in units of its Laplace scale.
 SPANS = (3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 10.0, 12.0, 16.0, 20.0, 24.0, 32.0, 48.0, 64.0, 96.0,
          128.0, 192.0, 256.0)

@@ -91,7 +91,16 @@ def _fit_auto(frame: GlmerFrame, start: np.ndarray | None, obj=None):
     obj = make_objective(frame, AUTO_LADDER[0]) if obj is None else obj
     h0 = None
     if start is None:
-        start, h0 = _warm_start(frame, obj, AUTO_LADDER[0])
+        start = _default_start(frame, obj)
+        if obj.nunits > 4 * WARMUP_GROUPS:
+            # Very many distinct groups: the exact fit of a random subset of them first (its
+            # optimum is within sampling error of the full one, its Hessian scaled by the
+            # ratio of group counts a good one for the full data).
+            rng = np.random.default_rng(20160915)
+            sub = obj.subset(np.sort(rng.choice(obj.ngroups, WARMUP_GROUPS, replace=False)))
+            _, sopt_, _ = _fit_auto(frame, start, sub)
+            if sopt_.converged:
+                start, h0 = sopt_.final, sopt_.hessian * (obj.ngroups / WARMUP_GROUPS)
     start = np.asarray(start, dtype=float)
     obj.choose_rules(start)
     history = []
@@ -114,6 +123,18 @@ def _fit_auto(frame: GlmerFrame, start: np.ndarray | None, obj=None):
                for f in ("points", "span", "shift")):
             break
         H = opt._hessian_at[1] if getattr(opt, "_hessian_at", None) is not None else None
+        if H is not None:
+            # The new rules change each group's integral by under 1e-8: when a Newton step
+            # with the Hessian at hand would gain nothing, the estimates stand.
+            ll, g = obj.evaluate(opt.final)
+            try:
+                dec = 0.5 * float(g @ np.linalg.solve(H, g))
+            except np.linalg.LinAlgError:
+                dec = np.inf
+            if 0 <= dec < 1e-9:
+                opt.loglik, opt.gradient = ll, g
+                obj._at_x = (opt.final.copy(), ll, g)
+                break
         try:
             opt = optimize_glmer(obj, opt.final, hessian=H)
         except FloatingPointError:
