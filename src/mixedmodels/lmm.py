@@ -207,20 +207,20 @@ class LMMProblem:
                 e2 = indptr[r2][gid] + b
                 cc1, cc2 = indices[e1], indices[e2]
                 keep = cc1 >= cc2  # lower triangle only: LAPACK's potrf('L') reads no more
-                parts_flat.append(cc1[keep] * q + cc2[keep])
+                parts_flat.append(cc1[keep] * self.r + cc2[keep])
                 parts_val.append(data[e1[keep]] * data[e2[keep]])
                 parts_w.append(gid[keep] * (k1 * k1) + (i * k1 + j))
         flat = np.concatenate(parts_flat)
         P = sp.coo_matrix((np.concatenate(parts_val), (flat, np.concatenate(parts_w))),
-                          shape=(q * q, l1 * k1 * k1)).tocsr()
+                          shape=(self.r * self.r, l1 * k1 * k1)).tocsr()
         P.sum_duplicates()
         self._upd_P = P
 
     def _sparse_update(self, W: np.ndarray) -> np.ndarray:
         """``A1R' blockdiag(W) A1R`` (r x r); its Z-Z block holds only the lower triangle."""
         q, r = self.qrest, self.r
-        out = np.empty((r, r))
-        out[:q, :q] = (self._upd_P @ W.ravel()).reshape(q, q)
+        # The map writes the Z-Z block straight into the r x r result (no copy).
+        out = (self._upd_P @ W.ravel()).reshape(r, r)
         # X and y columns: blockdiag(W) applied to the dense cross-product with the first term.
         XYg = self._A1XY.reshape(self.l1, self.k1, -1)
         WXY = np.einsum("gij,gjc->gic", W, XYg).reshape(self.l1 * self.k1, -1)
@@ -307,6 +307,22 @@ class LMMProblem:
             lam = np.ones(self.r)
             for (s, e, _), T in zip(self._segments, Ts[1:]):
                 lam[s:e] = T[0, 0]
+        if self.sparse and self._all_scalar_rest:
+            # Lambda_R' (A_RR - A_1R' blockdiag(W) A_1R) Lambda_R + I, in place in one r x r
+            # array: the wide dense block's passes over memory cost as much as its Cholesky.
+            W = (T1[0, 0] ** 2 / M[:, 0, 0])[:, None, None] if self.k1 == 1 else \
+                np.einsum("ij,gjk,lk->gil", T1, np.linalg.inv(M), T1)
+            S = self._sparse_update(W)
+            np.subtract(self.ARR, S, out=S)
+            S *= lam[:, None]
+            S *= lam
+            S[self._diag_rest, self._diag_rest] += 1.0
+            U = self._sparse_U(L11, T1, Ts) if need_U else None
+            LRR, info = sla.lapack.dpotrf(S, lower=1, clean=1, overwrite_a=1)
+            if info != 0:
+                raise np.linalg.LinAlgError("the dense block is not positive definite")
+            return L11, U, LRR
+        if self._all_scalar_rest:
             S = self.ARR * lam[:, None] * lam[None, :]
         else:
             S = self._lambda_rest_dense(self._lambda_rest_dense(self.ARR, Ts, "right").T, Ts, "right").T
@@ -341,7 +357,9 @@ class LMMProblem:
                 U2 = self._lambda_rest_dense(U2, Ts, "right")
             U = U2.reshape(self.l1, self.k1, self.r)
             S -= U2.T @ U2
-        LRR = sla.cholesky(S, lower=True, check_finite=False)
+        LRR, info = sla.lapack.dpotrf(S, lower=1, clean=1, overwrite_a=1)
+        if info != 0:
+            raise np.linalg.LinAlgError("the dense block is not positive definite")
         return L11, U, LRR
 
     def components(self, theta: np.ndarray) -> DevianceComponents:
@@ -498,11 +516,11 @@ def optimize_theta(problem: LMMProblem, start: np.ndarray | None = None, method:
     if method == "L-BFGS-B":
         bounds = [(lo if np.isfinite(lo) else None, None) for lo in problem.lower]
         res = optimize.minimize(_forward_gradient(problem), theta0, jac=True, method="L-BFGS-B", bounds=bounds,
-                                options={"ftol": 1e-13, "gtol": 1e-7, "maxiter": 2000})
+                                options={"ftol": 1e-12, "gtol": 1e-6, "maxiter": 2000})
         label = "L-BFGS-B (scipy), forward-difference gradient"
     elif method == "COBYQA":
         res = optimize.minimize(problem, theta0, method="COBYQA", bounds=optimize.Bounds(problem.lower, np.inf),
-                                options={"final_tr_radius": 1e-7, "maxfev": 2000})
+                                options={"final_tr_radius": 1e-6, "maxfev": 2000})
         label = "COBYQA (scipy), derivative-free"
     else:
         raise ValueError(f"method must be 'L-BFGS-B' or 'COBYQA', got {method!r}")
