@@ -46,10 +46,11 @@ __all__ = ["GroupChunk", "ChunkResult", "make_chunks", "conditional_modes", "agq
 #: that has converged).
 POINTS_LADDER = (17, 21, 25, 33, 41, 49, 65, 81, 97, 129, 161, 193, 257, 385, 513)
 #: Half-widths :func:`choose_rule` tries for a group's range, in units of its Laplace scale.
-SPANS = (3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 10.0, 12.0, 16.0, 20.0, 24.0, 32.0, 48.0, 64.0, 96.0,
-         128.0, 192.0, 256.0)
-#: A group's range ends where its log-integrand has fallen this far below its mode.
-TAIL_CUT = 27.0
+SPANS = (3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0, 14.0, 16.0, 20.0, 24.0, 32.0,
+         48.0, 64.0, 96.0, 128.0, 192.0, 256.0)
+#: A group's range ends where its log-integrand has fallen this far below its mode (the tail
+#: beyond is below exp(-24) times the span, ~1e-10 of the integral at most).
+TAIL_CUT = 24.0
 #: Each group's log-integral must be converged to this (absolute; relative for the integral).
 POINTS_TOL = 1e-8
 

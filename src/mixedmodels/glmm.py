@@ -87,9 +87,12 @@ def glmer(formula: str, data: pd.DataFrame, family: str | Family = "binomial",
         approximation (any random-effects structure); more points need a single grouping
         factor with at most 3 random effects per level (``(1 | g)``, ``(x | g)``,
         ``(x || g)``; a tensor-product rule of ``nagq ** k`` nodes for ``k`` of them).
-        ``"auto"`` (the default) adds points (10, 20, 40, ... for a scalar term; 5, 9, 17, ...
-        for a vector one) until the log-likelihood and the estimates stop moving, and reports
-        how many it used (``result.nagq``); for other structures it means Laplace.
+        ``"auto"`` (the default) is the exact maximum-likelihood fit. For a scalar term each
+        group gets its own rule, as many points as its integral needs to be exact to 1e-8
+        (a trapezoid rule on the mode-centred, scaled random effect; identical groups are
+        integrated once), and ``result.points_range`` reports the fewest and most points,
+        ``result.nagq`` the most. For a vector term it adds points (5, 9, 17, ...) until the
+        log-likelihood and the estimates stop moving; for other structures it means Laplace.
     start : array, optional
         Starting ``(beta, theta)``.
     link : {"logit", "probit", "cloglog"} or {"log"} or {"log", "inverse"}, optional

@@ -1,8 +1,12 @@
-"""How many quadrature points: one fit at a given rule, and the ``nagq="auto"`` ladder.
+"""How many quadrature points: one fit at a given rule, and ``nagq="auto"``.
 
-:func:`fit_nagq` fits at a given number of adaptive Gauss-Hermite points, or (``auto``) climbs
-:data:`AUTO_LADDER` until two successive rules agree. Data sets with very many groups are
-first fitted on a random subset of groups (:data:`WARMUP_GROUPS`).
+:func:`fit_nagq` fits at a given number of adaptive Gauss-Hermite points, or (``auto``) finds the
+exact maximum-likelihood estimate. For the in-memory scalar kernel that is :func:`_fit_auto`:
+per-group trapezoid rules, each group's integral converged to 1e-8
+(:func:`mixedmodels.agq.choose_rule`), chosen at the start and checked again at the estimates.
+Other objectives (the Dask one, dispersion families, vector models) climb :data:`AUTO_LADDER`
+until two successive rules agree. Data sets with very many (distinct) groups are first fitted on
+a random subset of groups (:data:`WARMUP_GROUPS`).
 """
 
 from __future__ import annotations
@@ -43,7 +47,8 @@ def _warm_start(frame, obj, nagq):
     Newton steps. Returns ``(start, hessian or None)``.
     """
     start = _default_start(frame, obj)
-    if isinstance(obj, ScalarObjective) and obj.ngroups > 4 * WARMUP_GROUPS:
+    # Counted in distinct groups where the objective knows them (identical groups cost one).
+    if isinstance(obj, ScalarObjective) and getattr(obj, "nunits", obj.ngroups) > 4 * WARMUP_GROUPS:
         rng = np.random.default_rng(20160915)
         sub = np.sort(rng.choice(obj.ngroups, WARMUP_GROUPS, replace=False))
         sobj = obj.subset(sub)
