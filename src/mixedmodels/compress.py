@@ -116,7 +116,16 @@ def group_patterns(columns: Sequence[np.ndarray], group_codes: np.ndarray, ngrou
         for j in range(bits.shape[1]):
             rowh += _mix(bits[:, j] + np.uint64(j + 1) * _GOLD)
         # Rows sorted within groups by their hash, so that row order does not matter.
-        order = np.lexsort((rowh, codes))
+        bits_g = max(int(ngroups - 1).bit_length(), 1)
+        if bits_g <= 40:
+            # One sort of a combined key (group in the high bits, the row hash's top bits
+            # below): rows whose top bits tie may sort either way, which can only cost
+            # compression (the check below), never correctness.
+            key = (codes.astype(np.uint64) << np.uint64(64 - bits_g)) | \
+                (rowh >> np.uint64(bits_g))
+            order = np.argsort(key, kind="stable")
+        else:
+            order = np.lexsort((rowh, codes))
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
         pos = np.arange(n) - np.repeat(starts, counts)          # position within the group
         hs = rowh[order]
