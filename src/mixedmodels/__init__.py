@@ -28,6 +28,7 @@ from . import families  # mm.families.binomial(link="probit"), as R's binomial(l
 from . import race  # the prediction race of Chapter 8: mm.race.mspe, mm.race.race, ...
 from .bootstrap import bootstrap, bootstrap_confint
 from .compare import anova, compare
+from .examples import load_example
 from .datasets import ClickData, load_ctr, make_click_data
 from .gibbs import HalfT, InverseGamma, gibbs_random_intercept
 from .glmm import ConvergenceWarning, GlmerResult, QuadratureWarning, glmer, glmer_nb
@@ -62,6 +63,7 @@ __all__ = [
     "race",
     "mspe",
     "anova",
+    "load_example",
     "compare",
     "refit",
     "update",
