@@ -200,3 +200,29 @@ def test_dispersion_in_the_outputs_and_bad_responses():
         mm.glmer_nb("y ~ x + (1 | g)", d)
     with pytest.raises(ValueError, match="not implemented for the Gamma family"):
         mm.glmer("y ~ x + (1 | g)", d, family="Gamma", link="logit")
+
+
+REF2 = json.loads((FIX / "features" / "features_reference2.json").read_text())
+
+
+def test_general_laplace_path_with_dispersion_matches_glmmtmb():
+    """Several terms or a vector term: the sparse Laplace objective with the dispersion.
+
+        glmmTMB(TICKS ~ YEAR + cHEIGHT + (1 | BROOD) + (1 | LOCATION), grouseticks, family = nbinom2)
+        glmmTMB(y ~ x + (x | g), gamma_sim, family = Gamma(link = "log"))
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", mm.QuadratureWarning)
+        nb = mm.glmer_nb("TICKS ~ YEAR + cHEIGHT + (1 | BROOD) + (1 | LOCATION)", grouse(), nagq=1)
+        gs = mm.glmer("y ~ x + (x | g)", gamma_data(), family="Gamma", nagq=1)
+    for f, ref in ((nb, REF2["nb2_crossed"]), (gs, REF2["gamma_slopes"])):
+        np.testing.assert_allclose(f.fixef, list(ref["fixef"].values()), rtol=1e-4)
+        np.testing.assert_allclose(f.se, list(ref["se"].values()), rtol=1e-3)
+        vc = f.varcorr()
+        sds = vc[vc["var2"].isna()]["sdcor"].to_numpy()
+        np.testing.assert_allclose(sds, ref["sd"], rtol=1e-3)
+        np.testing.assert_allclose(_glmmtmb_sigma(f), ref["sigma"], rtol=1e-3)
+        assert abs(f.loglik - ref["loglik"]) < 1e-4
+        assert f.npar == ref["npar"]
+    cor = gs.varcorr()["sdcor"].iloc[2]
+    np.testing.assert_allclose(cor, REF2["gamma_slopes"]["cor"], atol=1e-3)

@@ -37,23 +37,23 @@ class _DispersionMixin:
     def lower(self) -> np.ndarray:
         return np.concatenate([super().lower(), [-np.inf]])
 
-    def evaluate(self, params, gradient=True, nagq=None, keep=True, opg=False):
+    def evaluate(self, params, gradient=True, nagq=None, keep=True, opg=False, **kw):
         params = np.asarray(params, dtype=float)
         core, ld = params[:-1], float(params[-1])
         if not np.isfinite(ld) or abs(ld) > 30:
             raise FloatingPointError("the dispersion parameter left its range")
         self._set_dispersion(ld)
         if opg:
-            ll, g, B = super().evaluate(core, gradient=True, nagq=nagq, keep=keep, opg=True)
+            ll, g, B = super().evaluate(core, gradient=True, nagq=nagq, keep=keep, opg=True, **kw)
         else:
-            ll, g = super().evaluate(core, gradient=gradient, nagq=nagq, keep=keep)
+            ll, g = super().evaluate(core, gradient=gradient, nagq=nagq, keep=keep, **kw)
         if not (gradient or opg):
             return ll, None
         h = DISPERSION_STEP
         out = []
         for s in (1.0, -1.0):
             self._set_dispersion(ld + s * h)
-            out.append(super().evaluate(core, gradient=False, nagq=nagq, keep=False)[0])
+            out.append(super().evaluate(core, gradient=False, nagq=nagq, keep=False, **kw)[0])
         self._set_dispersion(ld)
         gd = (out[0] - out[1]) / (2 * h)
         grad = np.concatenate([g, [gd]])

@@ -37,6 +37,7 @@ from .agq_vector import VectorObjective, check_points, vector_agq_applies
 # One BLAS thread while fitting: a busy 2-core machine makes threaded BLAS crawl.
 from .blas import single_thread_blas
 from .families import Family
+from .dispersion import with_dispersion
 from .glmm_frame import GlmerFrame, glmer_frame
 from .glmm_nagq import (AUTO_LADDER, AUTO_TOL_LOGLIK, AUTO_TOL_PARAM, QUAD_CHECK_TOL,  # noqa: F401
                         WARMUP_GROUPS, QuadratureWarning, _fit_at, fit_nagq)
@@ -217,7 +218,8 @@ def fit_frame(frame, nagq: int | str, start: np.ndarray | None = None, obj=None,
             else:
                 # A vector model's Laplace fit has no quadrature objective of its own.
                 kcheck = check_points(nagq, frame.ms.reterms)
-                chk = obj if isinstance(obj, VectorObjective) else VectorObjective(frame, kcheck)
+                chk = obj if isinstance(obj, VectorObjective) else \
+                    with_dispersion(VectorObjective(frame, kcheck), frame)
             llc, _ = chk.evaluate(opt.final, gradient=False, nagq=kcheck, keep=False)
         res.loglik_check = (kcheck, float(llc))
         if quad_converged is None:
