@@ -112,3 +112,11 @@ def test_bootstrap_is_reproducible_and_brackets_the_estimates():
     wald = fm1.confint(method="wald").loc[["(Intercept)", "Days"]]
     width = (wald.iloc[:, 1] - wald.iloc[:, 0]).to_numpy()
     assert np.all(np.abs(ci.loc[["(Intercept)", "Days"]].to_numpy() - wald.to_numpy()) < 0.2 * width[:, None])
+
+
+def test_bootstrap_progress_bar_on_request(capsys):
+    fm1, _, _ = fits()
+    bootstrap(fm1, nsim=3, seed=1, progress=True)
+    assert "bootstrap" in capsys.readouterr().err
+    bootstrap(fm1, nsim=3, seed=1, progress=False)
+    assert capsys.readouterr().err == ""

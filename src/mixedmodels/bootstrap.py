@@ -178,8 +178,6 @@ def bootstrap(fit, nsim: int = 500, seed: int | np.random.Generator | None = Non
         failed is a row of NaN (their number is in ``.attrs["failed"]``, and a warning says
         how many).
     """
-    from tqdm.auto import tqdm
-
     from .refit import refit
 
     sims = simulate(fit, nsim=nsim, seed=seed, use_u=use_u)
@@ -202,6 +200,9 @@ def bootstrap(fit, nsim: int = 500, seed: int | np.random.Generator | None = Non
             show = progress if progress is not None else \
                 (time.perf_counter() - t0) * nsim > PROGRESS_SECONDS
             if show:
+                # Plain tqdm (text on stderr): tqdm.auto warns in notebooks without ipywidgets.
+                from tqdm import tqdm
+
                 bar = tqdm(total=nsim, initial=1, desc="bootstrap", unit="fit")
         elif bar is not None:
             bar.update(1)
