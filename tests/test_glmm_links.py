@@ -164,7 +164,7 @@ def test_agq_gradient_matches_finite_differences(link, which, nagq):
 
 @pytest.mark.parametrize("link", LINKS)
 def test_laplace_objective_gradient_two_terms(link):
-    # The dense Laplace path (crossed terms) with the expected-information determinant.
+    # The Laplace path (PIRLS on the blocked factor, crossed terms) with the expected-information determinant.
     d = cbpp()
     frame = G.glmer_frame("cbind(incidence, size - incidence) ~ 1 + (1 | herd) + (1 | period)",
                           d, "binomial", link=link)
