@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.optimize as sopt
 
+from .boundary import probe_inside
 from .glmm_objective import ScalarObjective
 
 __all__ = ["GlmerOptSummary", "optimize_glmer", "check_optimum"]
@@ -195,22 +196,39 @@ def optimize_glmer(obj, start: np.ndarray, fixed: dict[int, float] | None = None
             return 1e300, np.zeros(len(xf))
         return -ll, -g[free]
 
+    def quasi_newton(xs):
+        if isinstance(obj, ScalarObjective):
+            xq, msg = _bhhh(obj, xs, free)
+            return xq, msg
+        res = sopt.minimize(f, xs[free], jac=True, method="BFGS", options={"maxiter": 1000, "gtol": 1e-4})
+        return full(res.x), str(res.message)
+
     if hessian is not None:
         x, message = x0, "Newton from a nearby optimum"
-        ll, g = _safe_evaluate(obj, x)
         H0 = hessian[np.ix_(free, free)]
-    elif isinstance(obj, ScalarObjective):
-        x, message = _bhhh(obj, x0, free)
-        ll, g = _safe_evaluate(obj, x)
-        H0 = None
     else:
-        opts = {"maxiter": 1000, "gtol": 1e-4}
-        res = sopt.minimize(f, x0[free], jac=True, method="BFGS", options=opts)
-        x, message, H0 = full(res.x), str(res.message), None
-        ll, g = _safe_evaluate(obj, x)
+        x, message = quasi_newton(x0)
+        H0 = None
+    ll, g = _safe_evaluate(obj, x)
     if g is None:  # the start itself failed to evaluate
         raise FloatingPointError("the log-likelihood could not be evaluated at the start")
     x, ll, g, steps, H, x_H = _newton_polish(obj, x, ll, g, free, H=H0)
+    # The boundary rule (mixedmodels.boundary): an SD that ends at 0 is an optimum only if the
+    # log-likelihood falls as it moves away from 0. It is flat to first order there (b and -b
+    # have the same distribution), so a zero gradient proves nothing; restart from a better
+    # point if a step finds one.
+    for _ in range(3):
+        better = _probe_zero_sds(obj, x, ll, free)
+        if better is None:
+            break
+        x, message = quasi_newton(better)
+        ll, g = _safe_evaluate(obj, x)
+        if g is None:
+            x = better
+            ll, g = _safe_evaluate(obj, x)
+        x, ll, g, more, H, x_H = _newton_polish(obj, x, ll, g, free)
+        steps += more
+        message += "; restarted off a zero standard deviation"
     opt = GlmerOptSummary(initial=np.asarray(start, dtype=float), final=x, loglik=ll,
                      optimizer="BHHH + Newton" if message.startswith("BHHH") else "BFGS + Newton",
                      nevals=obj.nevals - n0, newton_steps=steps,
@@ -218,6 +236,23 @@ def optimize_glmer(obj, start: np.ndarray, fixed: dict[int, float] | None = None
     if x_H is not None and len(free) == obj.nparams:
         opt._hessian_at = (x_H, H)
     return opt
+
+
+def _probe_zero_sds(obj, x: np.ndarray, ll: float, free=None) -> np.ndarray | None:
+    """A better point with a zero SD moved off 0, or None (see :mod:`mixedmodels.boundary`)."""
+    free_set = set(range(len(x)) if free is None else np.asarray(free).tolist())
+    zero = [j for j in _sd_indices(obj) if j in free_set and abs(x[j]) < 1e-4]
+    if not zero or not np.isfinite(ll):
+        return None
+
+    def deviance(z):
+        value, _ = _safe_evaluate(obj, z)
+        return -2.0 * value
+
+    better = probe_inside(deviance, x, zero, -2.0 * ll)
+    obj.reset()
+    _safe_evaluate(obj, x)  # leave the objective's state (modes, warm starts) at x
+    return None if better is None else better[0]
 
 
 def check_optimum(obj, opt: GlmerOptSummary, tol_decrement: float = 1e-5) -> GlmerOptSummary:
@@ -256,6 +291,10 @@ def check_optimum(obj, opt: GlmerOptSummary, tol_decrement: float = 1e-5) -> Glm
         dec = np.nan
         msgs.append("the Hessian is not positive definite at the final point (not a maximum, "
                     "or a flat direction: check for complete separation)")
+    if ok and zero_sd and _probe_zero_sds(obj, x, ll) is not None:
+        ok = False
+        msgs.append("a standard deviation is 0 but the log-likelihood rises when it moves away from 0 "
+                    "(negative curvature at the boundary): not at the optimum")
     if ok and not dec <= tol_decrement:
         ok = False
         msgs.append(f"a Newton step would still raise the log-likelihood by {dec:.3g} "

@@ -36,6 +36,7 @@ from scipy import optimize, stats
 
 from . import _validate
 from .blas import single_thread_blas
+from .boundary import probe_inside
 from .covariance import tril_index as _tril_index
 from .formula import ModelStructure, ReTerm, build_model
 from .offsets import attach_offset, new_offset
@@ -508,32 +509,51 @@ def optimize_theta(problem: LMMProblem, start: np.ndarray | None = None, method:
     theta0 = problem.theta0 if start is None else np.asarray(start, dtype=float)
     if method is None:
         method = "COBYQA" if (problem.r >= 200 or problem.n >= 20_000) else "L-BFGS-B"
+    if method not in ("L-BFGS-B", "COBYQA"):
+        raise ValueError(f"method must be 'L-BFGS-B' or 'COBYQA', got {method!r}")
     problem.evaluations = 0
     problem.history = []
     problem.record_history = True
     t0 = time.perf_counter()
     f0 = problem(theta0)
-    if method == "L-BFGS-B":
-        bounds = [(lo if np.isfinite(lo) else None, None) for lo in problem.lower]
-        res = optimize.minimize(_forward_gradient(problem), theta0, jac=True, method="L-BFGS-B", bounds=bounds,
-                                options={"ftol": 1e-12, "gtol": 1e-6, "maxiter": 2000})
-        label = "L-BFGS-B (scipy), forward-difference gradient"
-    elif method == "COBYQA":
-        res = optimize.minimize(problem, theta0, method="COBYQA", bounds=optimize.Bounds(problem.lower, np.inf),
-                                options={"final_tr_radius": 1e-6, "maxfev": 2000})
-        label = "COBYQA (scipy), derivative-free"
-    else:
-        raise ValueError(f"method must be 'L-BFGS-B' or 'COBYQA', got {method!r}")
+    bounded = np.isfinite(problem.lower)
+
+    def run(start_at: np.ndarray):
+        if method == "L-BFGS-B":
+            bounds = [(lo if np.isfinite(lo) else None, None) for lo in problem.lower]
+            return optimize.minimize(_forward_gradient(problem), start_at, jac=True, method="L-BFGS-B",
+                                     bounds=bounds, options={"ftol": 1e-12, "gtol": 1e-6, "maxiter": 2000})
+        return optimize.minimize(problem, start_at, method="COBYQA", bounds=optimize.Bounds(problem.lower, np.inf),
+                                 options={"final_tr_radius": 1e-6, "maxfev": 2000})
+
+    label = ("L-BFGS-B (scipy), forward-difference gradient" if method == "L-BFGS-B"
+             else "COBYQA (scipy), derivative-free")
+    res = run(theta0)
     x = np.asarray(res.x, dtype=float)
     fx = problem(x)
-    # Snap tiny diagonal values onto the boundary: the objective is flat there to first order.
-    near = np.isfinite(problem.lower) & (x < 1e-5) & (x != 0)
-    if near.any():
-        xb = x.copy()
-        xb[near] = 0.0
-        fb = problem(xb)
-        if fb <= fx:
-            x, fx = xb, fb
+    for restart in range(5):
+        # Snap tiny diagonal values onto the boundary: the objective is flat there to first order.
+        near = bounded & (x < 1e-5) & (x != 0)
+        if near.any():
+            xb = x.copy()
+            xb[near] = 0.0
+            fb = problem(xb)
+            if fb <= fx:
+                x, fx = xb, fb
+        # The boundary rule: stop on a bound only if the objective rises inside it. The
+        # criterion is flat to first order at theta_i = 0, so a gradient method can stop there
+        # with the optimum inside; restart from the better point if a step inside finds one.
+        at_bound = np.flatnonzero(bounded & (x - problem.lower < 1e-4))
+        better = probe_inside(problem, x, at_bound, fx)
+        if better is None:
+            break
+        res = run(better[0])
+        x = np.asarray(res.x, dtype=float)
+        fx = problem(x)
+        if better[1] < fx:
+            x, fx = better
+        if not label.endswith("inside a bound"):
+            label += "; restarted inside a bound"
     evals = problem.evaluations
     problem.record_history = False
     seconds = time.perf_counter() - t0

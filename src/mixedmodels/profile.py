@@ -30,6 +30,8 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
+from .boundary import minimize_bounded
+
 from .blas import single_thread_blas
 from .covariance import tril_index as _tril_index
 
@@ -156,9 +158,9 @@ class Profiler:
     def _minimize(fun, x0: np.ndarray, bounds: list) -> tuple[np.ndarray, float]:
         if len(x0) == 0:
             return x0, fun(x0)
-        res = optimize.minimize(fun, x0, method="L-BFGS-B", bounds=bounds,
-                                options={"ftol": 1e-13, "gtol": 1e-9, "maxiter": 1000})
-        return res.x, float(res.fun)
+        # The boundary rule (mixedmodels.boundary): an SD or correlation that stops on its
+        # bound is probed inside, so a profile never stops short at a false boundary optimum.
+        return minimize_bounded(fun, x0, bounds, options={"ftol": 1e-13, "gtol": 1e-9, "maxiter": 1000})
 
     def profile_deviance(self, index: int, value: float, start: np.ndarray | None = None) -> tuple[float, np.ndarray]:
         """Minimum ML deviance with parameter ``index`` (of :attr:`names`) held at ``value``.

@@ -12,6 +12,8 @@ from typing import Callable
 
 import numpy as np
 
+from .boundary import probe_directions, probe_inside
+
 __all__ = ["ConvergenceWarning", "OptSummary", "check_convergence", "theta_lower_bounds"]
 
 
@@ -127,6 +129,16 @@ def check_convergence(
         else:
             fm[i] = fun(x - e)
             grad[i] = (fp[i] - fm[i]) / (2 * h[i])
+    # The boundary rule (see mixedmodels.boundary): a parameter at its bound with a
+    # non-negative one-sided gradient is at an optimum only if the objective also rises when it
+    # moves inside -- the criterion is flat to first order at theta_i = 0, so the gradient
+    # alone cannot tell (negative curvature there means the optimum is inside).
+    held = np.flatnonzero(at_bound & (grad >= 0))
+    inside = probe_inside(fun, x, held, f0)
+    if inside is not None:
+        gain = f0 - inside[1]
+        return (False, f"not at the optimum: the objective falls by {gain:.3g} when a parameter at its bound "
+                "moves inside it (negative curvature at the bound)", float(gain))
     free = ~(at_bound & (grad >= 0))
     if not np.any(free):
         return True, "converged at the boundary: every parameter at its bound has a gradient pointing outward", 0.0
@@ -160,6 +172,18 @@ def check_convergence(
                 f"above the tolerance {tol:g}", max_grad)
     except np.linalg.LinAlgError:
         max_grad = float(np.max(np.abs(g)))
+        # A flat direction (a poorly determined parameter) is an optimum; a direction along
+        # which the objective falls is not (a saddle point).
+        w, V = np.linalg.eigh(H)
+        neg = V[:, w < 0]
+        full = np.zeros((m, neg.shape[1]))
+        full[idx] = neg
+        lower_ = np.asarray(lower, dtype=float)
+        saddle = probe_directions(fun, x, full, f0, project=lambda z: np.maximum(z, lower_)) if neg.size else None
+        if saddle is not None:
+            gain = f0 - saddle[1]
+            return (False, f"not at the optimum: the Hessian has negative curvature and the objective falls "
+                    f"by {gain:.3g} along it (a saddle point)", float(gain))
         if max_grad < tol:
             return (True, "converged, but the Hessian at the optimum is not positive definite: "
                     "some parameters are poorly determined", max_grad)
