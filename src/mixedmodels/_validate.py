@@ -149,3 +149,67 @@ def predictor_columns(model: ModelStructure, include_random: bool) -> list[str]:
             cols += list(t.variables)
             cols += list(t.spec.group_vars)
     return list(dict.fromkeys(cols))
+
+
+def check_whole_number(value: object, name: str, minimum: int = 1) -> int:
+    """A count given as an int or a whole float (``nagq=2.0``); returns it as ``int``."""
+    if isinstance(value, (float, np.floating)) and np.isfinite(value) and float(value).is_integer():
+        value = int(value)
+    return check_count(value, name, minimum)
+
+
+def check_glmm_nlevels(model: ModelStructure) -> None:
+    """No grouping factor with more levels than observations (lme4's checkNlevels with
+    ``allow.n = TRUE``, as ``glFormula`` calls it: an observation-level effect is allowed)."""
+    for t in model.reterms:
+        if t.nlevels > model.n:
+            raise ValueError(
+                f"grouping factor {t.group!r} has {t.nlevels} levels for {model.n} observations; "
+                "the number of levels must not exceed the number of observations")
+
+
+def check_glmm_nobs_vs_nre(model: ModelStructure) -> None:
+    """No term with more random effects than observations (lme4's checkZdims /
+    ``check.nobs.vs.nRE`` with ``allow.n = TRUE``, as ``glFormula`` runs them)."""
+    for t in model.reterms:
+        if t.q > model.n:
+            raise ValueError(
+                f"random-effects term {t.spec} has {t.q} random effects ({t.k} per level x {t.nlevels} "
+                f"levels) for only {model.n} observations; the random-effects parameters are "
+                "unidentifiable (lme4: 'number of observations <= number of random effects')")
+
+
+def check_glmm_structure(model: ModelStructure) -> None:
+    """The structural checks ``glmer`` shares with ``lmer`` (lme4's glFormula runs them too)."""
+    check_has_random(model)
+    check_glmm_nlevels(model)
+    check_glmm_nobs_vs_nre(model)
+
+
+def check_glmm_response(y: np.ndarray, m: np.ndarray, lhs: str, family: str) -> None:
+    """A GLMM response must vary among the rows that carry weight (lme4: "Response is
+    constant"); all-zero weights or trials leave nothing to fit."""
+    live = np.asarray(m) > 0
+    if not live.any():
+        raise ValueError("every row has zero weight (or zero trials): there is nothing to fit; "
+                         "check the `weights` argument or the trials column")
+    yl = np.asarray(y)[live]
+    if np.ptp(yl) == 0:
+        what = {0.0: "every observation is 0", 1.0: "every observation is 1"}.get(float(yl[0]), f"every value is {yl[0]:g}")
+        extra = (" (all-zero counts: the log of the mean would be minus infinity)" if family == "poisson" and yl[0] == 0
+                 else " (the estimates would run off to infinity)" if family == "binomial" else "")
+        raise ValueError(f"the response {lhs!r} is constant: {what}{extra}")
+
+
+def check_start(start: object, names: list[str], name: str = "start") -> np.ndarray:
+    """A vector of starting values, one per parameter named in ``names`` (in that order)."""
+    try:
+        arr = np.asarray(start, dtype=float).ravel()
+    except (TypeError, ValueError):
+        raise ValueError(f"`{name}` must be a vector of {len(names)} numbers ({', '.join(names)})") from None
+    if arr.size != len(names):
+        raise ValueError(f"`{name}` must have {len(names)} values, in this order: {', '.join(names)}; "
+                         f"got {arr.size}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"`{name}` must be finite numbers")
+    return arr

@@ -68,6 +68,7 @@ __all__ = [
     "grouping_codes",
     "match_levels",
     "apply_new_level_rule",
+    "row_argument",
     "new_model_matrix",
 ]
 
@@ -1097,7 +1098,8 @@ def _drop_dependent_columns(X: np.ndarray, names: list[str], tol: float = 1e-7) 
     return np.array(keep, dtype=np.int64)
 
 
-def build_model(formula: str, data: pd.DataFrame, *, drop_rank_deficient: bool = True) -> ModelStructure:
+def build_model(formula: str, data: pd.DataFrame, *, drop_rank_deficient: bool = True,
+                row_arguments: dict[str, pd.Series | None] | None = None) -> ModelStructure:
     """Evaluate an lme4 formula on a DataFrame.
 
     Parameters
@@ -1110,6 +1112,9 @@ def build_model(formula: str, data: pd.DataFrame, *, drop_rank_deficient: bool =
     drop_rank_deficient : bool
         Drop fixed-effects columns that are linear combinations of earlier ones (lme4's
         default) with a warning naming them; if False, raise ValueError instead.
+    row_arguments : dict of str to Series, optional
+        A fitter's per-row arguments (``weights``, ``offset``) from :func:`row_argument`: a row
+        where one is missing is dropped with the others, in the same warning.
 
     Returns
     -------
@@ -1169,10 +1174,13 @@ def build_model(formula: str, data: pd.DataFrame, *, drop_rank_deficient: bool =
         raise ValueError(f"column(s) not found in data: {detail}")
 
     cols = list(needed)
-    complete = data[cols].notna().all(axis=1).to_numpy()
+    complete = data[cols].notna().all(axis=1).to_numpy().copy()
+    extra = {k: v for k, v in (row_arguments or {}).items() if v is not None}
+    for v in extra.values():
+        complete &= v.notna().to_numpy()
     n_dropped = int((~complete).sum())
     if n_dropped:
-        bad = [c for c in cols if data[c].isna().any()]
+        bad = [c for c in cols if data[c].isna().any()] + [f"`{k}`" for k, v in extra.items() if v.isna().any()]
         warnings.warn(
             f"dropped {n_dropped} of {len(data)} rows with missing values in {', '.join(map(str, bad))} "
             "(like R's na.omit)",
@@ -1242,6 +1250,63 @@ def build_model(formula: str, data: pd.DataFrame, *, drop_rank_deficient: bool =
         float_columns=tuple(c for c in float_columns if c in fixed_vars),
         offset=evaluate_offsets(parsed.offsets, _promote(sub, _integer_columns(sub, offset_vars))),
     )
+
+
+def row_argument(value: Any, data: pd.DataFrame, name: str) -> pd.Series | None:
+    """A per-row argument of a fitter (``weights``, ``offset``) as a float Series on ``data``'s index.
+
+    Parameters
+    ----------
+    value : None, str, Series or array-like
+        A column name of ``data``; a Series, aligned to ``data`` by its index (not by
+        position, so a filtered or shuffled frame gets the right values); or one value per
+        row of ``data``, in order.
+    data : DataFrame
+    name : str
+        The argument's name, for messages.
+
+    Returns
+    -------
+    Series or None
+        Indexed like ``data``; NaN where a value is missing (those rows are dropped with the
+        rows missing a formula variable, by :func:`build_model`).
+
+    Raises
+    ------
+    ValueError
+        A missing column, a Series whose index lacks rows of ``data``, a wrong length, or
+        values that are not numbers.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if value not in data.columns:
+            raise ValueError(f"`{name}`={value!r} is not a column of data")
+        s = data[value]
+        if not pd.api.types.is_numeric_dtype(s.dtype) or pd.api.types.is_bool_dtype(s.dtype):
+            raise ValueError(f"`{name}` column {value!r} must be numeric, got dtype {s.dtype}")
+        return pd.Series(s.to_numpy(dtype=float, na_value=np.nan), index=data.index, name=name)
+    if isinstance(value, pd.Series):
+        if not value.index.equals(data.index):
+            if value.index.has_duplicates:
+                raise ValueError(f"`{name}` is a Series with duplicate index labels; it is matched to data "
+                                 "by index, so its labels must be unique")
+            absent = data.index[~data.index.isin(value.index)]
+            if len(absent):
+                raise ValueError(f"`{name}` is a Series matched to data by index, and it has no value for "
+                                 f"{len(absent)} row(s) of data (e.g. index {absent[0]!r}); pass "
+                                 f"`{name}`.to_numpy() to match by position instead")
+            value = value.reindex(data.index)
+        values = value.to_numpy()
+    else:
+        values = np.asarray(value)
+    try:
+        arr = np.asarray(values, dtype=float).ravel()
+    except (TypeError, ValueError):
+        raise ValueError(f"`{name}` must be a column name or numbers, got {type(value).__name__}") from None
+    if arr.shape[0] != len(data):
+        raise ValueError(f"`{name}` has {arr.shape[0]} values but data has {len(data)} rows")
+    return pd.Series(arr, index=data.index, name=name)
 
 
 def _check_finite_columns(M: np.ndarray, names: list[str], what: str) -> None:

@@ -33,6 +33,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from . import _validate
 from .agq_vector import VectorObjective, check_points, vector_agq_applies
 # One BLAS thread while fitting: a busy 2-core machine makes threaded BLAS crawl.
 from .blas import single_thread_blas
@@ -171,6 +172,20 @@ def glmer_nb(formula: str, data: pd.DataFrame, **kwargs) -> "GlmerResult":
     return glmer(formula, data, family="negative_binomial", **kwargs)
 
 
+def start_names(ms, family=None) -> list[str]:
+    """The order of ``glmer(start=...)``: the fixed effects, then theta term by term (each
+    term's lower-triangular factor column by column, named as lme4's ``getME(fit, "theta")``),
+    then ``log(dispersion)`` for a family that has one."""
+    names = list(ms.xnames)
+    for t in ms.reterms:
+        for j in range(t.k):
+            for i in range(j, t.k):
+                names.append(f"{t.group}.{t.cnames[i]}" if i == j else f"{t.group}.{t.cnames[i]}.{t.cnames[j]}")
+    if family is not None and getattr(family, "has_dispersion", False):
+        names.append("log(dispersion)")
+    return names
+
+
 def _glmer(formula, data, family, weights, nagq, start, link=None, offset=None):
     frame = glmer_frame(formula, data, family, weights, link, offset)
     return fit_frame(frame, nagq, start)
@@ -196,10 +211,14 @@ def fit_frame(frame, nagq: int | str, start: np.ndarray | None = None, obj=None,
     if auto and nagq != "auto":
         raise ValueError(f"`nagq` must be a whole number >= 1 or 'auto', got {nagq!r}")
     if not auto:
+        if isinstance(nagq, (float, np.floating)) and np.isfinite(nagq) and float(nagq).is_integer():
+            nagq = int(nagq)  # nagq=2.0: a whole number written as a float
         if isinstance(nagq, bool) or not isinstance(nagq, (int, np.integer)) or nagq < 1:
             raise ValueError(f"`nagq` must be a whole number >= 1 or 'auto', got {nagq!r}")
         nagq = int(nagq)
         gauss_hermite(nagq)  # validates the upper limit
+    if start is not None:
+        start = _validate.check_start(start, start_names(frame.ms, frame.family))
     vector = not frame.scalar and vector_agq_applies(frame.ms.reterms)
     if auto and not (frame.scalar or vector):
         nagq, auto = 1, False

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from . import _validate
 from .families import Family, get_family
-from .formula import ModelStructure, build_model
+from .formula import ModelStructure, build_model, row_argument
 from .offsets import attach_offset
 
 __all__ = ["GlmerFrame", "glmer_frame"]
@@ -146,11 +147,20 @@ def glmer_frame(formula: str, data: pd.DataFrame, family: str | Family = "binomi
     """Stage 1: evaluate the formula and read the response (see :func:`glmer`)."""
     fam = get_family(family, link)
     _check_zero_denominators(formula, data)
-    ms = attach_offset(build_model(formula, data), offset, data)
+    _validate.check_dataframe(data)
+    # Per-row arguments: a Series is matched by index; a row missing one is dropped (warned).
+    w_rows, o_rows = row_argument(weights, data, "weights"), row_argument(offset, data, "offset")
+    ms = build_model(formula, data, row_arguments={"weights": w_rows, "offset": o_rows})
+    ms = attach_offset(ms, offset if isinstance(offset, str) or o_rows is None else o_rows.to_numpy(), data)
+    if w_rows is not None and not isinstance(weights, str):
+        weights = w_rows.to_numpy()
     if not ms.reterms:
         raise ValueError(f"formula {formula!r} has no random-effects term such as (1 | g); "
                          "use a GLM for a model without random effects")
-    return frame_from_model(ms, data, fam, weights)
+    _validate.check_glmm_structure(ms)
+    frame = frame_from_model(ms, data, fam, weights)
+    _validate.check_glmm_response(frame.y, frame.m, ms.parsed.lhs, fam.name)
+    return frame
 
 
 def _positive_response(ms: ModelStructure, w, fam: Family) -> tuple[np.ndarray, np.ndarray]:

@@ -81,7 +81,7 @@ def _safe_evaluate(obj, x):
     try:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             ll, g = obj.evaluate(x)
-    except (np.linalg.LinAlgError, FloatingPointError, ValueError):
+    except (np.linalg.LinAlgError, FloatingPointError, ValueError, OverflowError):
         obj.reset()
         return -np.inf, None
     if not np.isfinite(ll) or g is None or not np.all(np.isfinite(g)):
@@ -103,7 +103,15 @@ def _bhhh(obj, x0, free, maxiter=100, tol=1e-6):
     for it in range(maxiter):
         gf, Bf = g[free], B[np.ix_(free, free)]
         Bf = Bf + 1e-8 * np.trace(Bf) / len(free) * np.eye(len(free))
-        step = np.linalg.solve(Bf, gf)
+        try:
+            step = np.linalg.solve(Bf, gf)
+        except np.linalg.LinAlgError:
+            step = np.full(len(free), np.nan)
+        if not np.all(np.isfinite(step)):
+            # The scores vanish (e.g. complete separation: every fitted probability is 0 or
+            # 1), so their outer products carry no information; the check of the optimum and
+            # the separation diagnosis take it from here.
+            return x, f"BHHH stopped: the information matrix is singular ({it} steps)"
         dec = float(gf @ step)
         if dec < tol:
             return x, f"BHHH converged ({it} steps)"
@@ -114,7 +122,7 @@ def _bhhh(obj, x0, free, maxiter=100, tol=1e-6):
             try:
                 with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                     lln, gn, Bn = obj.evaluate(xn, opg=True)
-            except (np.linalg.LinAlgError, FloatingPointError, ValueError):
+            except (np.linalg.LinAlgError, FloatingPointError, ValueError, OverflowError):
                 lln = -np.inf
             if np.isfinite(lln) and lln >= ll:
                 break

@@ -38,7 +38,7 @@ from . import _validate
 from .blas import single_thread_blas
 from .boundary import probe_inside
 from .covariance import tril_index as _tril_index
-from .formula import ModelStructure, ReTerm, build_model
+from .formula import ModelStructure, ReTerm, build_model, row_argument
 from .offsets import attach_offset, new_offset
 from .weights import attach_weights, working_model
 from .profile import profile_confint
@@ -77,6 +77,29 @@ def _lower_solve2(L: np.ndarray, W: np.ndarray) -> np.ndarray:
     X[:, 0, :] = W[:, 0, :] / L[:, 0, 0, None]
     X[:, 1, :] = (W[:, 1, :] - L[:, 1, 0, None] * X[:, 0, :]) / L[:, 1, 1, None]
     return X
+
+
+# The residual sum of squares an exactly fitting response is given, relative to y'y: small
+# enough that sigma is ~0 (1e-7 of the response's scale), large enough for logs and solves.
+EXACT_FIT_FLOOR = 1e-14
+
+
+def _cholesky_exact_fit(L: np.ndarray, info: int, yty: float) -> np.ndarray:
+    """Finish a Cholesky factorization of the dense block that failed on the response's pivot.
+
+    ``L`` is LAPACK's ``potrf`` output that stopped with ``info`` (the 1-based order of the
+    failing minor). The last row and column belong to ``y``; their pivot is the penalized
+    residual sum of squares, which is 0 (rounded to a tiny negative number) when ``y`` lies in
+    the span of ``X`` (and ``Z``). lme4 fits such a model as singular with a residual SD of
+    ~0; so do we, by flooring that pivot at ``EXACT_FIT_FLOOR * y'y``. Every column before it
+    is already factored. A failure anywhere else is re-raised.
+    """
+    r = L.shape[0]
+    floor = EXACT_FIT_FLOOR * max(yty, np.finfo(float).tiny)
+    if info != r or not L[-1, -1] <= floor:
+        raise np.linalg.LinAlgError("the dense block is not positive definite")
+    L[-1, -1] = np.sqrt(floor)
+    return L
 
 
 @dataclass
@@ -360,7 +383,7 @@ class LMMProblem:
             S -= U2.T @ U2
         LRR, info = sla.lapack.dpotrf(S, lower=1, clean=1, overwrite_a=1)
         if info != 0:
-            raise np.linalg.LinAlgError("the dense block is not positive definite")
+            LRR = _cholesky_exact_fit(LRR, info, self.ARR[-1, -1])
         return L11, U, LRR
 
     def components(self, theta: np.ndarray) -> DevianceComponents:
@@ -370,7 +393,9 @@ class LMMProblem:
         q = self.qrest
         ldL2 = 2.0 * np.sum(np.log(np.diagonal(L11, axis1=1, axis2=2))) + 2.0 * np.sum(np.log(diag[:q]))
         ldRX2 = 2.0 * np.sum(np.log(diag[q:q + self.p]))
-        pwrss = diag[-1] ** 2
+        # An exactly fitting response: pwrss is floored (see _cholesky_exact_fit) so the
+        # criterion stays finite and smooth in theta; no real fit comes near the floor.
+        pwrss = max(diag[-1] ** 2, EXACT_FIT_FLOOR * self.ARR[-1, -1])
         n, p = self.n, self.p
         dev = ldL2 - self.ldW + n * (1.0 + _LOG2PI + np.log(pwrss / n))
         reml = ldL2 + ldRX2 - self.ldW + (n - p) * (1.0 + _LOG2PI + np.log(pwrss / (n - p)))
@@ -912,7 +937,13 @@ def lmer(formula: str, data: pd.DataFrame, reml: bool = True, *, start: np.ndarr
     """
     if not isinstance(reml, (bool, np.bool_)):
         raise ValueError(f"reml must be True or False, got {reml!r}")
-    model = attach_weights(attach_offset(build_model(formula, data), offset, data), weights, data)
+    _validate.check_dataframe(data)
+    # Per-row arguments: a Series is matched by index; a row missing one is dropped (warned).
+    w_rows, o_rows = row_argument(weights, data, "weights"), row_argument(offset, data, "offset")
+    model = build_model(formula, data, row_arguments={"weights": w_rows, "offset": o_rows})
+    model = attach_weights(attach_offset(model, offset if isinstance(offset, str) or o_rows is None
+                                         else o_rows.to_numpy(), data),
+                           weights if isinstance(weights, str) or w_rows is None else w_rows.to_numpy(), data)
     _validate.check_lmm_structure(model)
     with single_thread_blas():
         problem = LMMProblem(model, reml=bool(reml))
@@ -923,6 +954,10 @@ def lmer(formula: str, data: pd.DataFrame, reml: bool = True, *, start: np.ndarr
     # The call, for update() and anova()'s ML refits (R keeps it as fit@call).
     fit.call = {"fitter": "lmer", "args": {"formula": formula, "data": data, "reml": reml,
                                            "weights": weights, "offset": offset}}
+    if fit.components.pwrss <= 1.01 * EXACT_FIT_FLOOR * problem.ARR[-1, -1]:
+        warnings.warn(f"the response {model.parsed.lhs!r} is fitted exactly: the residual standard deviation "
+                      f"is ~0 ({fit.sigma:.2g}), so the standard errors and the likelihood are meaningless "
+                      "(lme4 reports the same kind of fit)", UserWarning, stacklevel=2)
     if fit.singular:
         warnings.warn("boundary (singular) fit: a variance component is estimated as zero", UserWarning, stacklevel=2)
     if not fit.converged:

@@ -137,8 +137,8 @@ def check_convergence(
     inside = probe_inside(fun, x, held, f0)
     if inside is not None:
         gain = f0 - inside[1]
-        return (False, f"not at the optimum: the objective falls by {gain:.3g} when a parameter at its bound "
-                "moves inside it (negative curvature at the bound)", float(gain))
+        return (False, f"may not have converged: a parameter stopped on its bound, but the objective falls by "
+                f"{gain:.3g} when it moves inside (negative curvature at the bound)", float(gain))
     free = ~(at_bound & (grad >= 0))
     if not np.any(free):
         return True, "converged at the boundary: every parameter at its bound has a gradient pointing outward", 0.0
@@ -182,8 +182,8 @@ def check_convergence(
         saddle = probe_directions(fun, x, full, f0, project=lambda z: np.maximum(z, lower_)) if neg.size else None
         if saddle is not None:
             gain = f0 - saddle[1]
-            return (False, f"not at the optimum: the Hessian has negative curvature and the objective falls "
-                    f"by {gain:.3g} along it (a saddle point)", float(gain))
+            return (False, f"may not have converged: the Hessian has negative curvature and the objective "
+                    f"falls by {gain:.3g} along it (a saddle point, not a minimum)", float(gain))
         if max_grad < tol:
             return (True, "converged, but the Hessian at the optimum is not positive definite: "
                     "some parameters are poorly determined", max_grad)
