@@ -43,6 +43,7 @@ Example
 from __future__ import annotations
 
 import ast
+import copy
 import re
 import warnings
 from dataclasses import dataclass, field, replace
@@ -944,6 +945,14 @@ def new_model_matrix(spec: Any, newdata: pd.DataFrame, variables: list[str], flo
         For a level not in the fit, or a matrix formulaic cannot build.
     """
     data = newdata
+    for expr, (kind, _) in getattr(spec, "encoder_state", {}).items():
+        # A column numeric in the fit must be numeric now (formulaic would quietly re-learn it
+        # as a factor, and remember that in the fit's spec).
+        if str(getattr(kind, "value", kind)) == "numerical" and expr in newdata.columns:
+            dt = newdata[expr].dtype
+            if not (pd.api.types.is_numeric_dtype(dt) or pd.api.types.is_bool_dtype(dt)):
+                raise ValueError(f"newdata: column {expr!r} must be numeric, as in the fit; got dtype {dt}")
+    spec = copy.deepcopy(spec)  # formulaic may update a spec's state while evaluating
     replaced = {}
     for col, levels in _categorical_columns(spec, newdata.columns):
         codes = match_levels(newdata[col], levels)

@@ -352,10 +352,8 @@ class GlmerResult:
         parm : list of str, optional
             Rows to compute (default all).
         """
-        if method not in ("profile", "wald"):
-            raise ValueError(f"`method` must be 'profile' or 'wald', got {method!r}")
-        if not 0 < level < 1:
-            raise ValueError(f"`level` must be in (0, 1), got {level!r}")
+        method = _validate.check_choice(method, ("profile", "wald"), "method")
+        _validate.check_level(level)
         a = (1 - level) / 2
         cols = [f"{100 * a:.1f} %", f"{100 * (1 - a):.1f} %"]
         cols = [c.replace(".0 %", " %") for c in cols]
