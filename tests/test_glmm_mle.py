@@ -116,6 +116,7 @@ def test_auto_settles_and_reports():
     assert f"{lo}-{hi} points per group" in str(f.summary())
     # The post's 1,000 users have 508 distinct (display, clicks, exposures) patterns.
     assert f.distinct_groups == 508
+    assert "508 of the 1000 groups have distinct data" in str(f.summary())
 
 
 def test_auto_is_the_brute_force_optimum():

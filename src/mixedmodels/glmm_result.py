@@ -504,6 +504,10 @@ class GlmerResult:
                              f"(trapezoid rules of {lo}-{hi} points centred and scaled on each "
                              f"group's mode); with every rule about doubled ({2 * lo - 1}-{k} "
                              f"points) it is {llc:.6f}")
+                if self.distinct_groups is not None:
+                    ng = sum(self.ngroups.values())
+                    notes.append(f"{self.distinct_groups} of the {ng} groups have distinct data "
+                                 "(each distinct group's integral is computed once)")
             else:
                 rule = ("the Laplace approximation" if self.nagq == 1
                         else f"{self.nagq}-point quadrature")
