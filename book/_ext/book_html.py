@@ -4,6 +4,8 @@
   repository and Binder buttons: when it is empty they are not shown.
 - Every chapter offers its executed notebook (``.ipynb``) for download, with or without Binder.
 - One search box, in the sidebar.
+- The execution-status table names chapters by their titles and says "✓ ran" in plain text
+  (an emoji check mark shows as an empty box where no emoji font is installed).
 - Scripts that Jupyter Book registers twice (sphinx-thebe's ``const THEBE_JS_URL``) are written
   once, so no page throws a console error.
 """
@@ -12,6 +14,10 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+
+from docutils import nodes
+from sphinx.addnodes import pending_xref
+from sphinx.transforms.post_transforms import SphinxPostTransform
 
 
 def _repository_setting(app, config) -> None:
@@ -53,7 +59,26 @@ def _unique_scripts(app, pagename, templatename, context, doctree) -> None:
     context["script_files"] = kept
 
 
+class _ExecTableTitles(SphinxPostTransform):
+    """Link text of the execution-status table: the chapter's title, not its file path."""
+
+    default_priority = 9  # after myst-nb builds the table (8), before references resolve (10)
+
+    def run(self, **kwargs) -> None:
+        for table in self.document.findall(nodes.table):
+            for ref in table.findall(pending_xref):
+                if ref.get("reftype") == "doc" and ref.get("refexplicit"):
+                    ref["refexplicit"] = False
+
+
 def setup(app):
+    try:
+        from myst_nb.ext import execution_tables
+    except ImportError:  # older myst-nb: leave its table as it is
+        pass
+    else:
+        execution_tables._key2transform["succeeded"] = lambda ok: "✓ ran" if ok is True else "✗ failed"
+    app.add_post_transform(_ExecTableTitles)
     app.connect("config-inited", _repository_setting, priority=900)
     app.connect("html-page-context", _offer_notebook, priority=400)
     app.connect("html-page-context", _unique_scripts, priority=900)
