@@ -79,6 +79,13 @@ class HalfT:
         _check_positive(self.df, "HalfT.df")
 
     def describe(self) -> str:
+        """One line naming the prior, as printed in a sampler's summary.
+
+        Examples
+        --------
+        >>> HalfT().describe()
+        'half-Cauchy on the SD, scale SD of y'
+        """
         name = "half-Cauchy" if self.df == 1 else f"half-t({self.df:g} df)"
         scale = "SD of y" if self.scale is None else f"{self.scale:g}"
         return f"{name} on the SD, scale {scale}"
@@ -96,6 +103,13 @@ class InverseGamma:
         _check_positive(self.scale, "InverseGamma.scale")
 
     def describe(self) -> str:
+        """One line naming the prior, as printed in a sampler's summary.
+
+        Examples
+        --------
+        >>> InverseGamma(1, 2).describe()
+        'inverse-gamma on the variance, shape 1, scale 2'
+        """
         return f"inverse-gamma on the variance, shape {self.shape:g}, scale {self.scale:g}"
 
 
@@ -266,14 +280,17 @@ class GibbsResult:
 
     @property
     def n_chains(self) -> int:
+        """Number of chains."""
         return self.effects.shape[0]
 
     @property
     def n_draws(self) -> int:
+        """Kept draws per chain (after burn-in and thinning)."""
         return self.effects.shape[1]
 
     @property
     def params(self) -> list[str]:
+        """Names of the sampled parameters, in the order of :attr:`draws`."""
         return list(self.draws)
 
     def to_frame(self, effects: bool = False) -> pd.DataFrame:
@@ -373,6 +390,25 @@ def gibbs_random_intercept(
     -------
     GibbsResult
         Draws, with ``summary()``, ``ess()``, ``rhat()``, ``ranef()`` and ``to_frame()``.
+
+    Raises
+    ------
+    ValueError
+        Naming the argument: a response that is not finite, a design of the wrong length or
+        not of full column rank, fewer than two groups, a count that is not a whole number,
+        a prior that is not a HalfT or InverseGamma.
+
+    Examples
+    --------
+    The random-intercept model of the archers, intercept only, four short chains:
+
+    >>> import numpy as np
+    >>> from mixedmodels import simulate_archers
+    >>> shots = simulate_archers(n_archers=3, shots_per_bow=10, seed=23)
+    >>> post = gibbs_random_intercept(shots["Distance"], np.ones((len(shots), 1)), shots["Name"],
+    ...                               n_iter=200, n_warmup=100, seed=1)
+    >>> post.params, post.n_chains, post.n_draws
+    (['beta[0]', 'sigma', 'sigma_a'], 4, 200)
     """
     y = _check_response(y)
     n = y.size

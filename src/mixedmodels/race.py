@@ -254,7 +254,9 @@ class Competitor(Protocol):
 
     name: str
 
-    def fit(self, data: pd.DataFrame) -> FittedModel: ...
+    def fit(self, data: pd.DataFrame) -> FittedModel:
+        """Fit the model to click data and return it, ready to predict."""
+        ...
 
 
 def _one_thread():
@@ -341,9 +343,15 @@ class GlumPenalized:
 
     @property
     def name(self) -> str:
+        """``"LASSO"`` or ``"ridge"``, after the penalty."""
         return "LASSO" if self.penalty == "lasso" else "ridge"
 
     def fit(self, data: pd.DataFrame) -> FittedModel:
+        """Fit to click data (one row per user and display) and return the fitted model.
+
+        Raises ``ValueError`` naming the column if the clicks, exposures, user or covariate
+        columns are missing or invalid.
+        """
         from glum import GeneralizedLinearRegressorCV
         from sklearn.model_selection import KFold
 
@@ -401,6 +409,11 @@ class GlumGLM:
     name: str = "GLM"
 
     def fit(self, data: pd.DataFrame) -> FittedModel:
+        """Fit to click data (one row per user and display) and return the fitted model.
+
+        Raises ``ValueError`` naming the column if the clicks, exposures, user or covariate
+        columns are missing or invalid.
+        """
         from glum import GeneralizedLinearRegressor
 
         _check_click_data(data, self.clicks, self.expos, self.user, self.covariates)
@@ -450,6 +463,11 @@ class StatsmodelsGLM:
     name: str = "GLM (statsmodels)"
 
     def fit(self, data: pd.DataFrame) -> FittedModel:
+        """Fit to click data (one row per user and display) and return the fitted model.
+
+        Raises ``ValueError`` naming the column if the clicks, exposures, user or covariate
+        columns are missing or invalid.
+        """
         import statsmodels.api as sm
 
         _check_click_data(data, self.clicks, self.expos, self.user, self.covariates)
@@ -497,6 +515,11 @@ class GLMM:
     name: str = "GLMM"
 
     def fit(self, data: pd.DataFrame) -> FittedModel:
+        """Fit to click data (one row per user and display) and return the fitted model.
+
+        Raises ``ValueError`` naming the column if the clicks, exposures, user or covariate
+        columns are missing or invalid.
+        """
         from .glmm import glmer
 
         _check_click_data(data, self.clicks, self.expos, self.user, self.covariates)

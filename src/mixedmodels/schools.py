@@ -64,6 +64,18 @@ def simulate_schools(
         Columns ``Score`` (float) and ``School`` (categorical, in order); one row per pupil.
     pandas.Series
         Only with ``return_effects=True``: the true school effects, indexed by school.
+
+    Raises
+    ------
+    ValueError
+        Naming the argument, if a count is not a whole number >= 1, the mean is not a finite
+        number, or an SD is negative.
+
+    Examples
+    --------
+    >>> pupils = simulate_schools(3, 30, seed=1)
+    >>> pupils.shape, list(pupils.columns)
+    ((90, 2), ['Score', 'School'])
     """
     n_schools = _check_count(n_schools, "n_schools", 1)
     pupils_per_school = _check_count(pupils_per_school, "pupils_per_school", 1)

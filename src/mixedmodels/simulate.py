@@ -47,6 +47,16 @@ def westeros_names(n: int, seed: int | None = None) -> list[str]:
     -------
     list of str
         ``n`` unique names such as ``"Brienne Tarth"``.
+
+    Raises
+    ------
+    ValueError
+        If ``n`` is not a whole number >= 0, or exceeds the number of distinct names.
+
+    Examples
+    --------
+    >>> westeros_names(3, seed=1)
+    ['Jory Marbrand', 'Hullen Redwyne', 'Rodrik Dayne']
     """
     n = _check_count(n, "n", 0)
     total = len(_FIRST_NAMES) * len(_HOUSES)
@@ -102,6 +112,22 @@ def simulate_archers(
         ``Name`` (categorical, in order of appearance); one row per shot.
     pandas.Series
         Only with ``return_skills=True``: the archers' true skills, indexed by name.
+
+    Raises
+    ------
+    ValueError
+        Naming the argument, if a count is not a whole number >= 1, a mean is not a finite
+        number, or an SD is negative.
+
+    Examples
+    --------
+    Experiment 1 of the book, three archers:
+
+    >>> shots = simulate_archers(n_archers=3, shots_per_bow=10, seed=23)
+    >>> shots.shape, list(shots.columns)
+    ((60, 3), ['Distance', 'Bow', 'Name'])
+    >>> list(shots["Bow"].cat.categories)
+    ['Northwood', 'Southwood']
     """
     n_archers = _check_count(n_archers, "n_archers", 1)
     shots_per_bow = _check_count(shots_per_bow, "shots_per_bow", 1)
