@@ -396,8 +396,13 @@ def agq_vector_chunk(beta: np.ndarray, T: np.ndarray, chunk: VectorChunk, family
     else:
         ll_k = family.loglik_rows(eta_k, y[:, None], m[:, None], chunk.const[:, None])
     del eta_k
-    U = u_hat[:, None, :] + np.einsum("gab,Kb->gKa", RtInv, znodes)       # (G, K, k)
-    gk = chunk.group_sum(ll_k) - 0.5 * np.einsum("gKa,gKa->gK", U, U) - 0.5 * k * _LOG_2PI
+    # |u_K|^2 = |u_hat|^2 + 2 (R^-1 u_hat)' z_K + z_K' R^-1 R^-T z_K, as (G, K) matrix
+    # products (no (G, K, k) array of nodes).
+    zz = (znodes[:, :, None] * znodes[:, None, :]).reshape(len(logw), -1)  # (K, k*k)
+    usq = (np.einsum("gk,gk->g", u_hat, u_hat)[:, None]
+           + 2.0 * np.einsum("gab,gb->ga", Rinv, u_hat) @ znodes.T
+           + (Rinv @ RtInv).reshape(G, -1) @ zz.T)
+    gk = chunk.group_sum(ll_k) - 0.5 * usq - 0.5 * k * _LOG_2PI
     del ll_k
     a = logw[None, :] + gk
     amax = np.max(a, axis=1)
@@ -414,7 +419,7 @@ def agq_vector_chunk(beta: np.ndarray, T: np.ndarray, chunk: VectorChunk, family
     e = d1_k @ znodes                                       # (n, k): sum_K pi d1 z_K
     del d1_k
     zbar = pi @ znodes                                      # (G, k)
-    ZZ = (pi @ (znodes[:, :, None] * znodes[:, None, :]).reshape(len(logw), -1)).reshape(G, k, k)
+    ZZ = (pi @ zz).reshape(G, k, k)
     sz_c = chunk.group_sum(Z * c[:, None])                  # sum_j z_j c_j
     ZE = chunk.group_sum(_outer_rows(Z, e))                 # sum_j z_j e_j'
     # A = sum_K pi_K g_u(u_K);  Gm = sum_K pi_K g_u(u_K) z_K'.
