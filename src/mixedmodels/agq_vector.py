@@ -616,9 +616,9 @@ class VectorObjective:
 #: ``nagq="auto"`` for vector models climbs these rules (points per dimension), as the scalar
 #: ladder does, stopping when two successive rules agree; fewer rungs in 3 dimensions, where a
 #: rule costs ``nagq ** 3`` nodes.
-AUTO_LADDER_VECTOR = {2: (5, 9, 17, 33), 3: (5, 9, 17)}
+AUTO_LADDER_VECTOR = {2: (5, 9, 17, 33, 65, 129), 3: (5, 9, 17)}
 #: Largest rule used to check a fit's quadrature (doubling its points), per dimension.
-CHECK_MAX = {2: 64, 3: 24}
+CHECK_MAX = {2: 258, 3: 24}
 
 
 def auto_ladder(reterms) -> tuple[int, ...]:

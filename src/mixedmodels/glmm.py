@@ -243,6 +243,11 @@ def fit_frame(frame, nagq: int | str, start: np.ndarray | None = None, obj=None,
         res.loglik_check = (kcheck, float(llc))
         if quad_converged is None:
             quad_converged = abs(llc - opt.loglik) <= QUAD_CHECK_TOL
+        elif vector and not quad_converged and abs(llc - opt.loglik) <= QUAD_CHECK_TOL:
+            # The vector ladder is short (a rule costs nagq ** k nodes): when it ends without
+            # two rungs agreeing, the doubled rule at the estimates has the last word, as for
+            # a fit at a fixed number of points.
+            quad_converged = True
         res.quadrature_converged = bool(quad_converged)
         if not quad_converged:
             what = "the Laplace approximation (nagq=1)" if nagq == 1 else f"nagq={nagq} points"
