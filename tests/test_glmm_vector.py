@@ -103,3 +103,22 @@ def test_out_of_scope_keeps_its_clear_error(slopes):
         mm.glmer("y ~ x + (1 | g) + (1 | h)", d, nagq=5)
     with pytest.raises(ValueError, match="at most 3"):
         mm.glmer("y ~ x + (x + x2 + x3 | g)", d, nagq=3)
+
+
+def test_family_with_dispersion():
+    # A Gamma GLMM carries its shape as an extra parameter (mixedmodels.dispersion); the vector
+    # kernel fits it, and the quadrature check of a Laplace fit evaluates it too.
+    rng = np.random.default_rng(3)
+    g = np.repeat(np.arange(40), 6)
+    x = rng.normal(size=len(g))
+    b = rng.normal(size=(40, 2)) * [0.5, 0.3]
+    mu = np.exp(1.0 + 0.4 * x + b[g, 0] + b[g, 1] * x)
+    d = pd.DataFrame({"y": rng.gamma(4.0, mu / 4.0), "x": x, "g": g.astype(str)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lap = mm.glmer("y ~ x + (x | g)", d, family="Gamma", nagq=1)
+        agq = mm.glmer("y ~ x + (x | g)", d, family="Gamma", nagq=5)
+    assert lap.loglik_check is not None and np.isfinite(lap.loglik_check[1])
+    assert isinstance(agq._obj, VectorObjective) and agq.converged
+    assert agq.loglik == pytest.approx(agq.loglik_check[1], abs=1e-2)
+    assert abs(agq.fixef["x"] - 0.4) < 0.2
