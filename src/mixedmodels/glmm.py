@@ -35,7 +35,6 @@ import pandas as pd
 
 from . import _validate
 from .agq_vector import VectorObjective, check_points, vector_agq_applies
-from .dispersion import with_dispersion
 # One BLAS thread while fitting: a busy 2-core machine makes threaded BLAS crawl.
 from .blas import single_thread_blas
 from .families import Family
