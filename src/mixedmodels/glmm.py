@@ -50,6 +50,7 @@ from .glmm_result import GlmerResult
 from .laplace import LaplaceObjective  # noqa: F401  (re-exported)
 from .quadrature import gauss_hermite
 from .results import ConvergenceWarning
+from .scaling import fixed_scaling, original_objective, scaled_frame, to_original
 
 __all__ = [
     "glmer", "glmer_frame", "make_objective", "optimize_glmer", "check_optimum",
@@ -114,6 +115,13 @@ def glmer(formula: str, data: pd.DataFrame, family: str | Family = "binomial",
     Returns
     -------
     GlmerResult
+
+    Notes
+    -----
+    A covariate's units do not change the answer: when a fixed-effect column's scale is far
+    from 1 (a time in seconds, ~1e9), the optimizer works on centred and scaled columns and
+    the estimates, their covariance and the log-likelihood are mapped back exactly
+    (:mod:`mixedmodels.scaling`); ``start`` and every result are in the data's own units.
 
     Warns
     -----
@@ -222,7 +230,16 @@ def fit_frame(frame, nagq: int | str, start: np.ndarray | None = None, obj=None,
     vector = not frame.scalar and vector_agq_applies(frame.ms.reterms)
     if auto and not (frame.scalar or vector):
         nagq, auto = 1, False
-    obj, opt, nagq, quad_converged, history = fit_nagq(frame, nagq, start, auto, obj)
+    # The optimizer sees the fixed-effect columns centred and scaled when their units are far
+    # from 1 (a covariate in seconds, ~1e9); the optimum is mapped back exactly (scaling.py).
+    scaling = fixed_scaling(frame.ms.X, frame.ms.xnames) if obj is None else None
+    if scaling is not None:
+        start_s = None if start is None else scaling.T_inv(len(start)) @ start
+        obj, opt, nagq, quad_converged, history = fit_nagq(scaled_frame(frame, scaling), nagq, start_s, auto, obj)
+        obj = original_objective(obj, scaling)
+        opt = to_original(opt, scaling, history)
+    else:
+        obj, opt, nagq, quad_converged, history = fit_nagq(frame, nagq, start, auto, obj)
     res = (result_class or GlmerResult)(frame, obj, opt, nagq, auto=auto, history=history)
     # How good is the rule at the estimates? One evaluation with more points tells.
     if frame.scalar or vector:
