@@ -287,7 +287,8 @@ def fit_frame(frame, nagq: int | str, start: np.ndarray | None = None, obj=None,
     sep = res._separation_columns()
     if sep:
         msg = (f"possible complete separation: the estimates of {', '.join(sep)} are very large "
-               "with huge standard errors (a category with all 0s or all 1s?)")
+               "with huge standard errors (a covariate that separates the 0s from the 1s, or a "
+               "category with all 0s or all 1s?)")
         res.notes.append(msg)
         warnings.warn(msg, ConvergenceWarning, stacklevel=3)
     return res
