@@ -937,6 +937,10 @@ def lmer(formula: str, data: pd.DataFrame, reml: bool = True, *, start: np.ndarr
     """
     if not isinstance(reml, (bool, np.bool_)):
         raise ValueError(f"reml must be True or False, got {reml!r}")
+    if data.__class__.__module__.startswith("dask"):
+        raise ValueError("lmer does not fit Dask frames yet (glmer does, for one grouping factor "
+                         "with a scalar random effect): compute() the frame into pandas if it "
+                         "fits in memory")
     _validate.check_dataframe(data)
     # Per-row arguments: a Series is matched by index; a row missing one is dropped (warned).
     w_rows, o_rows = row_argument(weights, data, "weights"), row_argument(offset, data, "offset")
