@@ -43,6 +43,7 @@ from .formula import (ModelStructure, ReTerm, _drop_dependent_columns, _label, _
 from .blas import single_thread_blas
 from .glmm import fit_frame
 from .glmm_frame import GlmerFrame, _check_zero_denominators, frame_from_model
+from .compress import WORTHWHILE
 from .glmm_objective import ScalarObjective
 from .glmm_result import GlmerResult
 
@@ -198,11 +199,31 @@ def _build_partition(df: pd.DataFrame, spec: _Spec) -> _Partition:
                        "z_one": bool(np.all(frame.ms.reterms[0].Z[:, 0] == 1.0))}
             obj = ScalarObjective(frame, 1, max_rows=CHUNK_ROWS)
             obj.frame = None   # the chunks hold the rows now
+            summary["unit_hashes"] = _unit_hashes(obj)
             del frame
         else:
             keys = np.asarray(sub[spec.group].iloc[:0])
     msgs = [(w.category, str(w.message)) for w in caught]
     return _Partition(obj, keys, n_dropped, msgs, summary, None)
+
+
+def _unit_hashes(obj: ScalarObjective) -> np.ndarray:
+    """A 64-bit hash of each distinct group's rows in the partition (order-free), so that the
+    driver can count the distinct groups of all partitions together, as an in-memory fit's
+    compression does (the count steers the warm-up; the sums never depend on it)."""
+    from .compress import _GOLD, _mix
+
+    out = []
+    for ch in obj.chunks:
+        cols = [ch.y, ch.m, ch.z, ch.offset, *ch.X.T]
+        rowh = np.zeros(len(ch.y), dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            for j, c in enumerate(cols):
+                bits = np.ascontiguousarray(c, dtype=np.float64).view(np.uint64)
+                rowh += _mix(bits + np.uint64(j + 1) * _GOLD)
+            h = np.add.reduceat(_mix(rowh), ch.starts) if len(rowh) else rowh
+            out.append(_mix(h + np.diff(np.r_[ch.starts, len(ch.y)]).astype(np.uint64)))
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.uint64)
 
 
 def _part_keys(df: pd.DataFrame, group: str) -> np.ndarray:
@@ -922,6 +943,10 @@ def dask_objective(formula: str, data, family: str | Family = "binomial",
     obj = DaskScalarObjective(client, futures, frame, nagq, x_keep, [len(k) for k in part_keys],
                               rank, all(s["z_one"] for s in sums), verbose=verbose)
     obj.colmax = colmax
+    # Distinct groups over all partitions, counted as the in-memory objective counts them.
+    hashes = [s["unit_hashes"] for s in sums if s.get("unit_hashes") is not None]
+    distinct = len(np.unique(np.concatenate(hashes))) if hashes else 0
+    obj.nunits = distinct if distinct <= WORTHWHILE * obj.ngroups else obj.ngroups
     obj.shuffled = shuffled
     return frame, obj
 

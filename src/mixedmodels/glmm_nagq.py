@@ -157,9 +157,10 @@ def _fit_auto(frame: GlmerFrame, start: np.ndarray | None, obj=None):
 
 def _per_group_rules(obj) -> bool:
     """Whether ``nagq="auto"`` uses per-group rules on this objective: the in-memory scalar
-    kernel of a family without a dispersion parameter. The others (the Dask objective, whose
-    rows live on workers; dispersion families; vector models) climb :data:`AUTO_LADDER`."""
-    return (isinstance(obj, ScalarObjective) and getattr(obj, "chunks", None) is not None
+    kernel of a family without a dispersion parameter, in memory or on Dask (whose partitions
+    choose and keep their groups' rules on the workers). The others (dispersion families;
+    vector models) climb :data:`AUTO_LADDER`."""
+    return (isinstance(obj, ScalarObjective) and hasattr(obj, "choose_rules")
             and not getattr(obj, "has_dispersion", False))
 
 
