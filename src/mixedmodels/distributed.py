@@ -15,8 +15,17 @@ they live:
    only the parameters to every partition and adds the sums that come back: log-likelihood,
    gradient, and the outer products of the groups' scores that BHHH uses.
 3. **Stages 3-5 are the in-memory ones** (:func:`mixedmodels.glmm.fit_frame`): the same
-   optimizer, the same check of the optimum, the same ``nagq="auto"`` ladder, so a Dask fit
-   equals an in-memory fit of the same rows to rounding.
+   optimizer, the same check of the optimum, the same ``nagq="auto"`` (each partition chooses
+   its groups' rules where they live and keeps them), so a Dask fit equals an in-memory fit of
+   the same rows to rounding.
+
+A lost worker: Dask recomputes the partitions it held from their lineage (the read, the
+shuffle, the build), and the fit goes on; a partition that has lost state the fit depends on
+(the per-group rules), or a cluster that cannot recover, raises :class:`DistributedFitError`.
+An evaluation that fails is never read as a poor log-likelihood.
+
+Not done here: ``lmer`` on Dask, and fitting the merged table of distinct groups in memory
+when it is small (each partition already evaluates its distinct groups once, weighted).
 
 Only the starting values are computed differently: the in-memory start solves a least-squares
 problem on all rows at once; here the same iteration runs on sums over partitions.
