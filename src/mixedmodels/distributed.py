@@ -155,7 +155,7 @@ class _Partition:
     warnings: list[tuple[type, str]]
     summary: dict
     cols: np.ndarray | None = None   # columns of the full X the chunks hold
-    rules: str | None = None         # digest of the per-group rules in use (nagq="auto")
+    rules: Any = None                # the per-group rules installed in obj (nagq="auto")
 
 
 def _partition_frame(sub: pd.DataFrame, spec: _Spec) -> tuple[GlmerFrame, np.ndarray]:
@@ -268,16 +268,11 @@ def _evaluate(part: _Partition, x_keep, params, gradient, nagq, keep, opg, reset
     obj = _objective(part, x_keep)
     if obj is None:
         return None
-    if rules != part.rules:
-        # This partition was rebuilt on another worker after a loss and has forgotten the
-        # per-group rules the driver chose: its sums would be another approximation's.
-        return ("lost", "the per-group quadrature rules")
+    _install_rules(part, obj, rules)
     t0 = time.perf_counter()
     if reset:
         obj.reset()
     kw = {"refine": True} if refine else {}
-    if rules is not None:
-        nagq = None   # the per-group rules, not a Gauss-Hermite rule
     try:
         with single_thread_blas(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             out = obj.evaluate(params, gradient=gradient, nagq=nagq, keep=keep, opg=opg, **kw)
@@ -287,38 +282,45 @@ def _evaluate(part: _Partition, x_keep, params, gradient, nagq, keep, opg, reset
     return ("ok", out, time.perf_counter() - t0)
 
 
-def _rules_digest(rules) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    for a in (rules.points, rules.span, rules.shift):
-        h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()
+def _install_rules(part: _Partition, obj, rules) -> None:
+    """Make ``obj`` use ``rules`` (the object of a rules future; None: Gauss-Hermite).
+
+    The rules travel as their own futures, inputs of every task that needs them, so that a
+    partition copied to another worker, or rebuilt after a loss, gets them too: the worker's
+    state is a cache, never the record."""
+    if part.rules is not rules and hasattr(obj, "set_rules"):
+        obj.set_rules(rules)
+        part.rules = rules
 
 
-def _choose_rules(part: _Partition, x_keep, params):
-    """The partition's per-group rules at ``params`` (nagq="auto"): installed on the worker;
-    a digest and the range of points go back."""
+def _choose_rules(part: _Partition, x_keep, params, previous):
+    """The partition's per-group rules at ``params`` (never smaller than ``previous``): the
+    in-memory objective's ``choose_rules``. The rules themselves are the result (a future)."""
     obj = _objective(part, x_keep)
     if obj is None:
         return None
+    _install_rules(part, obj, previous)
     with single_thread_blas(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        r = obj.choose_rules(params)
-    part.rules = _rules_digest(r)
-    return part.rules, int(r.points.min()), int(r.points.max())
+        rules = obj.choose_rules(params)
+    part.rules = rules
+    return rules
 
 
-def _clear_rules(part: _Partition, x_keep):
-    obj = _objective(part, x_keep)
-    if obj is not None and hasattr(obj, "set_rules"):
-        obj.set_rules(None)
-    part.rules = None
+def _rules_info(rules):
+    """A digest of a partition's rules and its range of points (what the driver keeps)."""
+    if rules is None:
+        return None
+    h = hashlib.blake2b(digest_size=16)
+    for a in (rules.points, rules.span, rules.shift):
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest(), int(rules.points.min()), int(rules.points.max())
 
 
 def _modes(part: _Partition, x_keep, params, nagq, rules=None):
     obj = _objective(part, x_keep)
     if obj is None:
         return None
-    if rules != part.rules:
-        return ("lost", "the per-group quadrature rules")
+    _install_rules(part, obj, rules)
     obj.nagq = nagq
     with single_thread_blas(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         return obj.modes(params)
@@ -402,9 +404,7 @@ def _pearson(part: _Partition, x_keep, params, nagq, rules=None):
     obj = _objective(part, x_keep)
     if obj is None:
         return np.zeros(0)
-    if rules != part.rules:
-        raise DistributedFitError("a partition rebuilt after a lost worker has forgotten the "
-                                  "per-group quadrature rules: fit again")
+    _install_rules(part, obj, rules)
     obj.nagq = nagq
     p = len(x_keep)
     with single_thread_blas(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -572,6 +572,7 @@ class DaskScalarObjective(ScalarObjective):
         self._pos[self._perm] = np.arange(len(self._perm))
         self._z_one = z_one
         self._reset = False
+        # The per-group rules of nagq="auto": one future per partition (None: Gauss-Hermite).
         self.rules, self._tokens, self._points = None, [None] * len(parts), None
         self.nevals = 0
         self.last = None
@@ -605,24 +606,16 @@ class DaskScalarObjective(ScalarObjective):
                  keep: bool = True, opg: bool = False, refine: bool = False):
         params = np.asarray(params, dtype=float)
         t0 = time.perf_counter()
-        if nagq is not None or self.rules is None:
-            tokens = [None] * len(self.parts)
-            k = int(nagq or self.nagq)
-            outs = self._map(_evaluate, params, gradient, k, keep, opg, self._reset,
-                             per_part=tokens)
-        else:
-            outs = self._map(_evaluate, params, gradient, None, keep, opg, self._reset,
-                             per_part=self._tokens, refine=refine)
+        # An explicit nagq is a Gauss-Hermite evaluation (the quadrature check), whatever rules
+        # are installed; otherwise the rules if there are any, else the objective's nagq.
+        k = int(nagq) if nagq is not None else (None if self.rules is not None else self.nagq)
+        outs = self._map(_evaluate, params, gradient, k, keep, opg, self._reset,
+                         per_part=self._tokens, refine=refine)
         self._reset = False
         total, secs = None, []
         for out in outs:
             if out is None:
                 continue
-            if out[0] == "lost":
-                raise DistributedFitError(
-                    f"a Dask worker was lost during the fit and a partition rebuilt elsewhere "
-                    f"has forgotten {out[1]}; no estimate is returned from a partial "
-                    "evaluation. Fit again.")
             if out[0] == "error":
                 err = {"LinAlgError": np.linalg.LinAlgError,
                        "FloatingPointError": FloatingPointError}.get(out[1], ValueError)
@@ -645,8 +638,15 @@ class DaskScalarObjective(ScalarObjective):
         """Every partition chooses its groups' rules at ``params`` (the in-memory
         objective's ``choose_rules``) and keeps them; returns digests of them per partition
         (compare two with ``np.array_equal`` on ``points``, as the in-memory rules)."""
-        outs = self._map(_choose_rules, np.asarray(params, dtype=float))
-        self._tokens = [None if o is None else o[0] for o in outs]
+        params = np.asarray(params, dtype=float)
+        futures = [self.client.submit(_choose_rules, f, self.x_keep, params, prev, pure=False)
+                   for f, prev in zip(self.parts, self._tokens)]
+        try:
+            outs = self.client.gather([self.client.submit(_rules_info, r, pure=False)
+                                       for r in futures])
+        except Exception as exc:
+            raise DistributedFitError(f"the Dask cluster failed during the fit ({exc})") from exc
+        self._tokens = futures
         got = [o for o in outs if o is not None]
         self._points = (min(o[1] for o in got), max(o[2] for o in got))
         digest = np.array([o[0] for o in got])
@@ -658,7 +658,6 @@ class DaskScalarObjective(ScalarObjective):
         if rules is not None:
             raise ValueError("a Dask objective's rules are chosen on its workers "
                              "(choose_rules); only set_rules(None) clears them")
-        self._map(_clear_rules)
         self.rules, self._tokens = None, [None] * len(self.parts)
 
     @property
@@ -673,9 +672,6 @@ class DaskScalarObjective(ScalarObjective):
         params = np.asarray(params, dtype=float)
         outs = [o for o in self._map(_modes, params, self.nagq, per_part=self._tokens)
                 if o is not None]
-        if any(o[0] == "lost" for o in outs if isinstance(o[0], str)):
-            raise DistributedFitError("a partition rebuilt after a lost worker has forgotten "
-                                      "the per-group quadrature rules: fit again")
         b = np.concatenate([o[0] for o in outs])[self._perm]
         sd = np.concatenate([o[1] for o in outs])[self._perm]
         return b, sd
