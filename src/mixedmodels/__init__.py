@@ -39,6 +39,12 @@ from .schools import simulate_schools
 from .simulate import simulate_archers, westeros_names
 from .tidy import coef_table, tidy, to_dict, to_json
 
+from .fitmethods import attach as _attach_fit_methods
+
+# fit.anova(), fit.simulate(), fit.refit(), fit.update(), fit.bootstrap(), fit.coef_table(),
+# fit.tidy(), fit.to_dict(), fit.to_json() and confint(method="boot") on both result classes.
+_attach_fit_methods(LinearMixedModel, GlmerResult)
+
 __version__ = "0.1.0"
 
 __all__ = [
