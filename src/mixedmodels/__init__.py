@@ -31,7 +31,8 @@ from .compare import anova, compare
 from .examples import load_example
 from .datasets import ClickData, load_ctr, make_click_data
 from .gibbs import HalfT, InverseGamma, gibbs_random_intercept
-from .glmm import ConvergenceWarning, GlmerResult, QuadratureWarning, glmer, glmer_nb
+from .glmm import (ConvergenceWarning, GeneralizedLinearMixedModel, GlmerResult, QuadratureWarning,
+                   glmer, glmer_nb)
 from .lmm import LinearMixedModel, deviance_function, lmer
 from .race import mspe
 from .refit import refit, update
@@ -53,6 +54,7 @@ __all__ = [
     "deviance_function",
     "glmer",
     "glmer_nb",
+    "GeneralizedLinearMixedModel",
     "GlmerResult",
     "ConvergenceWarning",
     "QuadratureWarning",

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .covariance import CovarianceLayout
 from .families import Family, get_family
 from .formula import (ModelStructure, ReTerm, _drop_dependent_columns, _label, _lhs_variables,
                       _model_matrix, _required_fixed, apply_new_level_rule, evaluate_response, match_levels,
@@ -525,6 +526,11 @@ class DaskGlmerFrame:
     n: int
     weights_label: str | None = None
     scalar: bool = True
+
+    @property
+    def layout(self) -> CovarianceLayout:
+        """The covariance parameters' layout (one scalar term)."""
+        return CovarianceLayout(self.ms.reterms)
 
 
 # =========================================================================================

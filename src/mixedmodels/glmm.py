@@ -46,7 +46,7 @@ from .glmm_objective import ScalarObjective, _default_start, _glm_start, make_ob
 from .glmm_optimize import (GlmerOptSummary, _bhhh, _hessian, _newton_polish,  # noqa: F401
                             _normalize, _safe_evaluate, _sd_indices, check_optimum,
                             optimize_glmer)
-from .glmm_result import GlmerResult
+from .glmm_result import GeneralizedLinearMixedModel, GlmerResult
 from .laplace import LaplaceObjective  # noqa: F401  (re-exported)
 from .quadrature import gauss_hermite
 from .results import ConvergenceWarning
@@ -54,7 +54,8 @@ from .scaling import fixed_scaling, original_objective, scaled_frame, to_origina
 
 __all__ = [
     "glmer", "glmer_frame", "make_objective", "optimize_glmer", "check_optimum",
-    "glmer_nb", "GlmerFrame", "GlmerResult", "GlmerOptSummary", "QuadratureWarning", "ConvergenceWarning",
+    "glmer_nb", "GlmerFrame", "GeneralizedLinearMixedModel", "GlmerResult", "GlmerOptSummary",
+    "QuadratureWarning", "ConvergenceWarning",
 ]
 
 
@@ -62,7 +63,7 @@ def glmer(formula: str, data: pd.DataFrame, family: str | Family = "binomial",
           weights: str | np.ndarray | None = None, nagq: int | str = "auto",
           start: np.ndarray | None = None, link: str | None = None,
           offset: str | np.ndarray | None = None, *, client=None,
-          verbose: bool = True) -> "GlmerResult":
+          verbose: bool = True) -> GeneralizedLinearMixedModel:
     """Fit a generalized linear mixed model by maximum likelihood.
 
     Parameters
@@ -114,7 +115,7 @@ def glmer(formula: str, data: pd.DataFrame, family: str | Family = "binomial",
 
     Returns
     -------
-    GlmerResult
+    GeneralizedLinearMixedModel
 
     Notes
     -----
@@ -240,7 +241,7 @@ def fit_frame(frame, nagq: int | str, start: np.ndarray | None = None, obj=None,
         opt = to_original(opt, scaling, history)
     else:
         obj, opt, nagq, quad_converged, history = fit_nagq(frame, nagq, start, auto, obj)
-    res = (result_class or GlmerResult)(frame, obj, opt, nagq, auto=auto, history=history)
+    res = (result_class or GeneralizedLinearMixedModel)(frame, obj, opt, nagq, auto=auto, history=history)
     # How good is the rule at the estimates? One evaluation with more points tells.
     if frame.scalar or vector:
         if getattr(obj, "rules", None) is not None:

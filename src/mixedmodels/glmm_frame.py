@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
 
 from . import _validate
+from .covariance import CovarianceLayout
 from .families import Family, get_family
 from .formula import ModelStructure, build_model, row_argument
 from .offsets import attach_offset
@@ -48,6 +50,11 @@ class GlmerFrame:
     @property
     def n(self) -> int:
         return len(self.y)
+
+    @cached_property
+    def layout(self) -> CovarianceLayout:
+        """The covariance parameters' layout (positions, bounds, lme4's names)."""
+        return CovarianceLayout(self.ms.reterms)
 
     @property
     def scalar(self) -> bool:

@@ -281,5 +281,4 @@ def _default_start(frame: GlmerFrame, obj) -> np.ndarray:
                 beta[icpt[0]] += float(np.mean(e))
                 return np.concatenate([beta, [sd]])
         return np.concatenate([beta, [1.0]])
-    theta = np.array([1.0 if a == b else 0.0 for (_, a, b) in obj.th_index])
-    return np.concatenate([beta, theta])
+    return np.concatenate([beta, frame.layout.start()])

@@ -317,20 +317,11 @@ def check_optimum(obj, opt: GlmerOptSummary, tol_decrement: float = 1e-5) -> Glm
 
 def _sd_indices(obj) -> list[int]:
     """Positions of the covariance factors' diagonal entries in ``(beta, theta)``."""
-    if isinstance(obj, ScalarObjective):
-        return [obj.p]
-    return [obj.p + r for r, (_, a, b) in enumerate(obj.th_index) if a == b]
+    return [obj.p + int(r) for r in np.flatnonzero(obj.frame.layout.diagonal)]
 
 
 def _normalize(obj, x: np.ndarray) -> np.ndarray:
     """Flip signs so every covariance factor has a non-negative diagonal (same likelihood)."""
     x = np.array(x, dtype=float)
-    if isinstance(obj, ScalarObjective):
-        x[obj.p] = abs(x[obj.p])
-        return x
-    for r, (ti, a, b) in enumerate(obj.th_index):
-        if a == b and x[obj.p + r] < 0:
-            for r2, (tj, a2, b2) in enumerate(obj.th_index):
-                if tj == ti and b2 == b:
-                    x[obj.p + r2] = -x[obj.p + r2]
+    x[obj.p:] = obj.frame.layout.normalize(x[obj.p:])
     return x

@@ -1,29 +1,48 @@
-"""Stage 5 of ``glmer``: the fitted GLMM (:class:`GlmerResult`), with accessors like the
-LMM's, ``summary()``, ``predict()`` and ``confint()``.
+"""Stage 5 of ``glmer``: the fitted GLMM (:class:`GeneralizedLinearMixedModel`, also known by
+its old name ``GlmerResult``). The accessors shared with the LMM (``varcorr()``, ``ranef()``,
+``coef()``, ``confint()``, ``profile()``, ``residuals()``...) come from
+:class:`mixedmodels.mixedmodel.MixedModel`.
 """
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pandas as pd
-import scipy.optimize as sopt
+from scipy.special import xlogy
 from scipy.stats import norm
 
 from . import _validate
-from .blas import single_thread_blas
 from .glmm_frame import GlmerFrame
 from .glmm_objective import ScalarObjective
-from .glmm_optimize import GlmerOptSummary, optimize_glmer
+from .glmm_optimize import GlmerOptSummary
+from .mixedmodel import MixedModel
 from .offsets import new_offset
 from .summary import ModelSummary, random_effects_table, residual_quantiles
 
-__all__ = ["GlmerResult"]
+__all__ = ["GeneralizedLinearMixedModel", "GlmerResult"]
 
 
-class GlmerResult:
-    """A fitted GLMM. Accessors match the LMM's result.
+def _mu_eta(family, eta: np.ndarray) -> np.ndarray:
+    """``dmu/deta`` of the family's inverse link."""
+    link = family.link
+    if link == "logit":
+        mu = family.linkinv(eta)
+        return mu * (1 - mu)
+    if link == "log":
+        return np.exp(eta)
+    if link == "probit":
+        return norm.pdf(eta)
+    if link == "cloglog":
+        e = np.minimum(eta, 700.0)
+        return np.exp(e - np.exp(e))
+    h = 1e-6 * (1 + np.abs(eta))
+    return (family.linkinv(eta + h) - family.linkinv(eta - h)) / (2 * h)
+
+
+class GeneralizedLinearMixedModel(MixedModel):
+    """A fitted GLMM (the result of :func:`mixedmodels.glmer`).
+
+    Accessors and arguments match the LMM's (:class:`mixedmodels.mixedmodel.MixedModel`).
 
     Attributes
     ----------
@@ -45,7 +64,10 @@ class GlmerResult:
         Whether more points leave the log-likelihood unchanged (scalar models).
     converged : bool
     singular : bool
-    opt : GlmerOptSummary
+    opt, optsum : GlmerOptSummary
+        The optimizer's record (both names).
+    layout : CovarianceLayout
+        Positions, bounds and lme4's names of the covariance parameters.
     dispersion : float or None
         The family's dispersion parameter estimated with the rest (Gamma: shape; negative
         binomial: theta; inverse Gaussian: phi; its name is ``family.dispersion_name``); None
@@ -58,6 +80,7 @@ class GlmerResult:
                  history=None):
         self.frame, self._obj, self.opt = frame, obj, opt
         self.model = frame.ms
+        self.layout = frame.layout
         self.nagq, self.auto = int(nagq), auto
         self.history = history or []
         self.family = frame.family
@@ -98,13 +121,6 @@ class GlmerResult:
         return self.frame.n
 
     @property
-    def ngroups(self) -> dict[str, int]:
-        out = {}
-        for t in self.frame.ms.reterms:
-            out.setdefault(t.group, t.nlevels)
-        return out
-
-    @property
     def npar(self) -> int:
         return len(self._params)
 
@@ -128,42 +144,12 @@ class GlmerResult:
     @property
     def singular(self) -> bool:
         """A variance factor at (or within 1e-4 of) zero, as lme4's ``isSingular``."""
-        obj = self._obj
-        if isinstance(obj, ScalarObjective):
-            return bool(self.theta[0] < 1e-4)
-        diag = [r for r, (_, a, b) in enumerate(obj.th_index) if a == b]
-        return bool(np.any(self.theta[diag] < 1e-4))
+        return self.layout.singular(self.theta)
 
-    # ---- random effects ---------------------------------------------------------------
-    def _sd_rows(self):
-        """(group, var1, var2, vcov, sdcor) rows of the random-effects covariance."""
-        rows = []
-        obj = self._obj
-        if isinstance(obj, ScalarObjective):
-            t = self.frame.ms.reterms[0]
-            s = float(self.theta[0])
-            rows.append((t.group, t.cnames[0], None, s * s, s))
-            return rows
-        for ti, t in enumerate(obj.terms):
-            T = obj._T(self.theta, ti)
-            S = T @ T.T
-            sd = np.sqrt(np.diag(S))
-            for a in range(t.k):
-                rows.append((t.group, t.cnames[a], None, S[a, a], sd[a]))
-            for b in range(t.k):
-                for a in range(b + 1, t.k):
-                    c = S[a, b] / (sd[a] * sd[b]) if sd[a] * sd[b] > 0 else np.nan
-                    rows.append((t.group, t.cnames[b], t.cnames[a], S[a, b], c))
-        return rows
+    # ---- the hooks of MixedModel ----------------------------------------------------------
 
-    def varcorr(self) -> pd.DataFrame:
-        """Variance components shaped like R's ``as.data.frame(VarCorr(fit))`` (as the LMM's).
-
-        Columns group, var1, var2, vcov, sdcor: one row per variance (sdcor the SD), then one
-        per covariance (sdcor the correlation). No residual row: binomial and Poisson have
-        no scale parameter.
-        """
-        return pd.DataFrame(self._sd_rows(), columns=["group", "var1", "var2", "vcov", "sdcor"])
+    def _scale(self) -> None:
+        return None
 
     def _re_matrices(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per term: conditional modes ``b`` (levels x k) and their conditional SDs."""
@@ -173,34 +159,37 @@ class GlmerResult:
             return [(b[:, None], sd[:, None])]
         return obj.modes(self._params)
 
-    def ranef(self, condvar: bool = True) -> pd.DataFrame:
-        """Conditional modes of the random effects, long format (as the LMM's ``ranef``).
+    def _modes(self, condvar: bool = True) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """Conditional modes per term and their conditional SDs (for a scalar term
+        ``sigma / sqrt(-g''(u_hat))``, lme4's ``condVar``)."""
+        return self._re_matrices()
 
-        Parameters
-        ----------
-        condvar : bool
-            Add ``condsd``: the conditional SD of each effect at the estimates (lme4's
-            ``condVar``; for a scalar term ``sigma / sqrt(-g''(u_hat))``).
+    def _eta(self) -> np.ndarray:
+        return self.predict(type="link").to_numpy()
 
-        Returns
-        -------
-        DataFrame
-            Columns group, term, level, value (and condsd), as R's
-            ``as.data.frame(ranef(fit))``; select a factor with ``df[df.group == "id"]``.
-        """
-        frames: dict[str, list[pd.DataFrame]] = {}
-        for t, (b, sd) in zip(self.frame.ms.reterms, self._re_matrices()):
-            for j, cname in enumerate(t.cnames):
-                d = {"group": t.group, "term": cname, "level": t.levels, "value": b[:, j]}
-                if condvar:
-                    d["condsd"] = sd[:, j]
-                frames.setdefault(t.group, []).append(pd.DataFrame(d))
-        return pd.concat([f for fs in frames.values() for f in fs], ignore_index=True)
+    def _mu(self) -> np.ndarray:
+        return self.family.linkinv(self._eta())
 
-    def parameter_names(self) -> list[str]:
-        """lme4's names of the variance parameters (``sd_(Intercept)|id``, ``cor_x.y|g``)."""
-        return [f"sd_{v1}|{g}" if v2 is None else f"cor_{v2}.{v1}|{g}"
-                for g, v1, v2, _, _ in self._sd_rows()]
+    def _response_parts(self):
+        f = self.frame
+        eta = self._eta()
+        mu = self.family.linkinv(eta)
+        return f.y, f.m, self.family.variance(mu), _mu_eta(self.family, eta)
+
+    def _deviance_rows(self, y: np.ndarray, mu: np.ndarray, w: np.ndarray) -> np.ndarray:
+        name = self.family.name
+        if name == "binomial":
+            return 2 * w * (xlogy(y, y / mu) + xlogy(1 - y, (1 - y) / (1 - mu)))
+        if name == "poisson":
+            return 2 * w * (xlogy(y, y / mu) - (y - mu))
+        if name == "Gamma":
+            return 2 * w * (-np.log(y / mu) + (y - mu) / mu)
+        if name == "inverse_gaussian":
+            return w * (y - mu) ** 2 / (y * mu**2)
+        if name == "negative_binomial":
+            th = self.dispersion
+            return 2 * w * (xlogy(y, y / mu) - (y + th) * np.log((y + th) / (mu + th)))
+        raise ValueError(f"deviance residuals are not available for the {name} family")
 
     @property
     def optsum(self) -> GlmerOptSummary:
@@ -211,14 +200,8 @@ class GlmerResult:
     def _re_sd_rows(self, terms, Zs, which=None):
         """Per-row variance of the random part ``sum_t z_t' b_t`` under the model (only the
         terms' rows flagged in ``which``, a list of boolean arrays, when given)."""
-        obj = self._obj
         var = np.zeros(len(Zs[0]))
-        for ti, (t, Z) in enumerate(zip(terms, Zs)):
-            if isinstance(obj, ScalarObjective):
-                S = np.array([[self.theta[0] ** 2]])
-            else:
-                T = obj._T(self.theta, ti)
-                S = T @ T.T
+        for ti, (t, Z, S) in enumerate(zip(terms, Zs, self.layout.covariances(self.theta))):
             v = np.einsum("ij,jk,ik->i", Z, S, Z)
             var += v if which is None else np.where(which[ti], v, 0.0)
         return var
@@ -326,122 +309,10 @@ class GlmerResult:
                 out[rows] = self._marginal_mean(eta[rows], sd[rows])
         return pd.Series(out, index=index, name=type)
 
-    def fitted(self) -> pd.Series:
-        """Fitted means (response scale, at the conditional modes)."""
-        return self.predict(type="response")
-
     def pearson_residuals(self) -> np.ndarray:
+        """Pearson residuals (as ``residuals(type="pearson")``, an array)."""
         f = self.frame
-        return f.family.pearson_residuals(f.y, self.fitted().to_numpy(), f.m)
-
-    # ---- inference --------------------------------------------------------------------
-    def _param_names(self) -> list[str]:
-        return self.parameter_names() + self.xnames
-
-    def confint(self, method: str = "profile", level: float = 0.95,
-                parm: list[str] | None = None) -> pd.DataFrame:
-        """Confidence intervals, lme4-style row names (``sd_(Intercept)|id``, ``display``).
-
-        Parameters
-        ----------
-        method : {"profile", "wald"}
-            ``"profile"`` inverts the likelihood-ratio test for each parameter (maximizing
-            over the others at each value); ``"wald"`` is estimate +- z * SE for the fixed
-            effects (NaN for the variance parameters, as lme4).
-        level : float
-        parm : list of str, optional
-            Rows to compute (default all).
-        """
-        method = _validate.check_choice(method, ("profile", "wald"), "method")
-        _validate.check_level(level)
-        a = (1 - level) / 2
-        cols = [f"{100 * a:.1f} %", f"{100 * (1 - a):.1f} %"]
-        cols = [c.replace(".0 %", " %") for c in cols]
-        p = len(self.xnames)
-        # lme4 order: variance parameters first, then fixed effects.
-        names = self._param_names()
-        ntheta = len(self.theta)
-        index = list(range(p, p + ntheta)) + list(range(p))
-        if parm is not None:
-            bad = [n for n in parm if n not in names]
-            if bad:
-                raise ValueError(f"unknown parameter(s) {bad}; available: {names}")
-        rows = {}
-        zq = norm.ppf(1 - a)
-        with single_thread_blas():
-            self._confint_rows(rows, names, index, parm, method, zq, p)
-        return pd.DataFrame.from_dict(rows, orient="index", columns=cols)
-
-    def _confint_rows(self, rows, names, index, parm, method, zq, p):
-        for nm, j in zip(names, index):
-            if parm is not None and nm not in parm:
-                continue
-            if method == "wald":
-                if j < p:
-                    rows[nm] = (self._params[j] - zq * self.se.iloc[j],
-                                self._params[j] + zq * self.se.iloc[j])
-                else:
-                    rows[nm] = (np.nan, np.nan)
-            else:
-                if j >= p and not isinstance(self._obj, ScalarObjective):
-                    _, a_, b_ = self._obj.th_index[j - p]
-                    if a_ != b_:
-                        # The profiled parameter would be an off-diagonal theta, which is not
-                        # the correlation; rather than a wrong interval, none.
-                        rows[nm] = (np.nan, np.nan)
-                        warnings.warn(f"no profile interval for the correlation {nm!r} of a GLMM "
-                                      "(left as NaN); the standard deviations are profiled",
-                                      stacklevel=4)
-                        continue
-                rows[nm] = self._profile_interval(j, zq)
-
-    def _profile_interval(self, j: int, zq: float) -> tuple[float, float]:
-        obj, x_hat, ll_hat = self._obj, self._params, self.loglik
-        lower = obj.lower()
-        se = np.sqrt(self._cov_all[j, j]) if np.isfinite(self._cov_all[j, j]) else 0.1
-        se = se if se > 0 else 0.1 * (1 + abs(x_hat[j]))
-        cache: dict[float, np.ndarray] = {}
-
-        def zeta(v):
-            # Warm-start from the nearest profile point already computed.
-            start = x_hat
-            if cache:
-                near = min(cache, key=lambda w: abs(w - v))
-                start = cache[near]
-            # Newton from the nearest profile point, with the optimum's Hessian (the
-            # conditional optimum moves smoothly along the profile); BFGS only as a fallback.
-            try:
-                opt = optimize_glmer(obj, start, fixed={j: v}, hessian=self.opt.hessian)
-            except FloatingPointError:
-                opt = optimize_glmer(obj, start, fixed={j: v})
-            cache[v] = opt.final
-            d = max(2.0 * (ll_hat - opt.loglik), 0.0)
-            return np.sign(v - x_hat[j]) * np.sqrt(d)
-
-        out = []
-        for side in (-1, 1):
-            target = side * zq
-            step = se
-            a_, b_ = x_hat[j], None
-            for _ in range(30):
-                v = a_ + side * step
-                if v < lower[j]:
-                    v = lower[j]
-                zv = zeta(v)
-                if side * zv >= zq:
-                    b_ = v
-                    break
-                if v == lower[j]:
-                    break
-                a_ = v
-                step *= 1.6
-            if b_ is None:
-                out.append(lower[j] if side < 0 and np.isfinite(lower[j]) else np.nan)
-                continue
-            root = sopt.brentq(lambda v: zeta(v) - target, min(a_, b_), max(a_, b_), xtol=1e-6)
-            out.append(root)
-        obj.evaluate(x_hat)
-        return out[0], out[1]
+        return f.family.pearson_residuals(f.y, self._mu(), f.m)
 
     # ---- checks -----------------------------------------------------------------------
     def _separation_columns(self) -> list[str]:
@@ -473,18 +344,7 @@ class GlmerResult:
             title.append(f"Weights: {self.frame.weights_label}")
         stats = {"AIC": self.aic, "BIC": self.bic, "logLik": self.loglik,
                  "deviance": self.deviance, "df.resid": float(self.df_resid)}
-        rows = []
-        block: dict[str, list] = {}
-        for g, v1, v2, vc, sc in self._sd_rows():
-            if v2 is None:
-                rows.append([g, v1, sc, []])
-                block.setdefault(g, []).append(len(rows) - 1)
-        for g, v1, v2, vc, sc in self._sd_rows():
-            if v2 is not None:
-                for r in block.get(g, []):
-                    if rows[r][1] == v2:
-                        rows[r][3].append(sc)
-        re_tab = random_effects_table([tuple(r) for r in rows])
+        re_tab = random_effects_table(self.layout.summary_rows(self.theta))
         z = self.fixef / self.se
         fe = pd.DataFrame({"Estimate": self.fixef, "Std. Error": self.se, "z value": z,
                            "Pr(>|z|)": 2 * norm.sf(np.abs(z))})
@@ -521,5 +381,9 @@ class GlmerResult:
     def __repr__(self) -> str:
         fam = self.family.name if self.family.canonical else \
             f"{self.family.name}({self.family.link})"
-        return (f"<GlmerResult {self.formula!r} {fam}, nagq={self.nagq}, "
+        return (f"<GeneralizedLinearMixedModel {self.formula!r} {fam}, nagq={self.nagq}, "
                 f"logLik={self.loglik:.3f}>")
+
+
+#: The old name, kept for code that imports it.
+GlmerResult = GeneralizedLinearMixedModel

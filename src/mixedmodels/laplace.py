@@ -50,7 +50,7 @@ class LaplaceObjective:
     Notes
     -----
     Parameters are ``(beta, theta)`` with ``theta`` in lme4's order (term by term, each
-    term's lower-triangular factor column-wise; only the diagonal for an uncorrelated term).
+    term's lower-triangular factor column-wise, from :class:`~mixedmodels.covariance.CovarianceLayout`).
     Time and memory per evaluation are linear in the number of rows plus the LMM's dense block
     of the terms after the first (``q_rest x q_rest``).
     """
@@ -63,17 +63,12 @@ class LaplaceObjective:
         # Column offsets of each term's random effects (level-major, as lme4).
         self.terms = ms.reterms
         offs, q = [], 0
-        th_index, th_lower = [], []
         for t in self.terms:
             offs.append(q)
             q += t.q
-            k = t.k
-            for b in range(k):          # column-wise lower triangle, lme4's order
-                for a in range(b, k):
-                    if not t.correlated and a != b:
-                        continue
-                    th_index.append((len(offs) - 1, a, b))
-                    th_lower.append(0.0 if a == b else -np.inf)
+        # theta's layout (lme4's order) from its one owner, mixedmodels.covariance.
+        th_index = [(e.term, e.row, e.col) for e in frame.layout.entries]
+        th_lower = frame.layout.lower
         self.q = q
         self.offs = offs
         self.th_index = th_index

@@ -32,16 +32,16 @@ import numpy as np
 import pandas as pd
 import scipy.linalg as sla
 import scipy.sparse as sp
-from scipy import optimize, stats
+from scipy import optimize
 
 from . import _validate
 from .blas import single_thread_blas
 from .boundary import probe_inside
-from .covariance import tril_index as _tril_index
+from .covariance import CovarianceLayout, tril_index as _tril_index
 from .formula import ModelStructure, ReTerm, build_model, row_argument
+from .mixedmodel import MixedModel
 from .offsets import attach_offset, new_offset
 from .weights import attach_weights, working_model
-from .profile import profile_confint
 from .results import ConvergenceWarning, OptSummary, check_convergence, theta_lower_bounds
 from .summary import ModelSummary, random_effects_table, residual_quantiles
 
@@ -588,21 +588,7 @@ def optimize_theta(problem: LMMProblem, start: np.ndarray | None = None, method:
                       convergence_message=msg, max_grad=mg, history=list(problem.history), seconds=seconds)
 
 
-def _unique_names(names: list[str]) -> list[str]:
-    """R's make.unique: Subject, Subject.1, ..."""
-    seen: dict[str, int] = {}
-    out = []
-    for nm in names:
-        if nm in seen:
-            seen[nm] += 1
-            out.append(f"{nm}.{seen[nm]}")
-        else:
-            seen[nm] = 0
-            out.append(nm)
-    return out
-
-
-class LinearMixedModel:
+class LinearMixedModel(MixedModel):
     """A fitted linear mixed model (the result of :func:`lmer`).
 
     Attributes
@@ -632,6 +618,8 @@ class LinearMixedModel:
     nobs, df_resid : int
     ngroups : dict
         Number of levels of each grouping factor.
+    layout : CovarianceLayout
+        Positions, bounds and lme4's names of the covariance parameters.
     singular : bool
         True at a boundary fit (a variance estimated as 0 or a correlation of +-1).
     converged : bool
@@ -644,6 +632,7 @@ class LinearMixedModel:
         self.formula = model.formula
         self.reml = problem.reml
         self.data_name = data_name
+        self.layout = CovarianceLayout(model.reterms)
         theta = np.asarray(optsum.final, dtype=float)
         self.theta = theta
         sol = problem.solve(theta)
@@ -668,9 +657,6 @@ class LinearMixedModel:
         self.aic = float(crit + 2 * self.npar)
         self.bic = float(crit + self.npar * np.log(n))
         self.df_resid = n - self.npar
-        self.ngroups = {}
-        for t in model.reterms:
-            self.ngroups.setdefault(t.group, t.nlevels)
         self.converged = optsum.converged
         self.singular = self._is_singular()
         self._b = sol["b"]
@@ -679,62 +665,40 @@ class LinearMixedModel:
 
     def _is_singular(self, tol: float = 1e-4) -> bool:
         """lme4's isSingular: a diagonal element of a relative covariance factor near 0."""
-        diag = np.isfinite(self.problem.lower)
-        return bool(np.any(self.theta[diag] < tol))
+        return self.layout.singular(self.theta, tol)
 
     def _covariances(self) -> list[np.ndarray]:
-        return [self.sigma**2 * (T @ T.T) for T in self.problem.split_theta(self.theta)]
+        return self.layout.covariances(self.theta, self.sigma)
 
-    def varcorr(self) -> pd.DataFrame:
-        """Variance components shaped like R's ``as.data.frame(VarCorr(fit))``.
+    # ---- the hooks of MixedModel --------------------------------------------------------
 
-        Returns
-        -------
-        DataFrame
-            Columns group, var1, var2, vcov, sdcor. For each term: one row per variance (sdcor
-            is the SD), then one per covariance (sdcor is the correlation); then Residual.
-        """
-        rows = []
-        groups = _unique_names([t.group for t in self.model.reterms])
-        for g, t, S in zip(groups, self.model.reterms, self._covariances()):
-            sd = np.sqrt(np.diag(S))
-            for i in range(t.k):
-                rows.append((g, t.cnames[i], None, S[i, i], sd[i]))
-            for j in range(t.k):
-                for i in range(j + 1, t.k):
-                    cor = S[i, j] / (sd[i] * sd[j]) if sd[i] * sd[j] > 0 else np.nan
-                    rows.append((g, t.cnames[j], t.cnames[i], S[i, j], cor))
-        rows.append(("Residual", None, None, self.sigma**2, self.sigma))
-        return pd.DataFrame(rows, columns=["group", "var1", "var2", "vcov", "sdcor"])
+    def _scale(self) -> float:
+        return self.sigma
 
-    # ---- random effects, fitted values ---------------------------------------------------
-
-    def ranef(self, condvar: bool = True) -> pd.DataFrame:
-        """Conditional modes of the random effects (BLUPs), long format.
-
-        Parameters
-        ----------
-        condvar : bool
-            Add ``condsd``, the conditional SD given the data at the estimated parameters
-            (lme4's ``condVar``: ``sigma^2 Lambda (L L')^{-1} Lambda'``, fixed effects held at
-            their estimates).
-
-        Returns
-        -------
-        DataFrame
-            Columns group, term, level, value (and condsd); terms of the same grouping factor
-            are listed together, as in R's ``as.data.frame(ranef(fit))``.
-        """
+    def _modes(self, condvar: bool = True) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """Conditional modes (BLUPs) per term and, with ``condvar``, their conditional SDs
+        (lme4's ``condVar``: ``sigma^2 Lambda (L L')^{-1} Lambda'``, fixed effects held at
+        their estimates)."""
         cv = self.problem.conditional_variances(self._sol) if condvar else None
-        frames_by_group: dict[str, list[pd.DataFrame]] = {}
-        for i, (t, b) in enumerate(zip(self.model.reterms, self._b)):
-            for j, cname in enumerate(t.cnames):
-                d = {"group": t.group, "term": cname, "level": t.levels, "value": b[:, j]}
-                if condvar:
-                    d["condsd"] = self.sigma * np.sqrt(np.maximum(cv[i][:, j, j], 0.0))
-                frames_by_group.setdefault(t.group, []).append(pd.DataFrame(d))
-        frames = [f for fs in frames_by_group.values() for f in fs]
-        return pd.concat(frames, ignore_index=True)
+        out = []
+        for i, b in enumerate(self._b):
+            sd = None
+            if condvar:
+                sd = self.sigma * np.sqrt(np.maximum(np.einsum("gjj->gj", cv[i]), 0.0))
+            out.append((b, sd))
+        return out
+
+    def _eta(self) -> np.ndarray:
+        m = self.model
+        return m.X @ self.fixef.to_numpy() + self._random_part([(t.codes, t.Z) for t in m.reterms])
+
+    def _mu(self) -> np.ndarray:
+        return self._eta()
+
+    def _response_parts(self):
+        y = np.asarray(self.model.y, dtype=float)
+        one = np.ones_like(y)
+        return y, one, one, one
 
     def _random_part(self, terms_codes_Z: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
         out = 0.0
@@ -744,18 +708,6 @@ class LinearMixedModel:
             contrib[known] = np.einsum("ij,ij->i", Z[known], b[codes[known]])
             out = out + contrib
         return out
-
-    def fitted(self) -> pd.Series:
-        """Fitted values ``X beta + Z b`` on the rows used in the fit."""
-        m = self.model
-        f = m.X @ self.fixef.to_numpy() + self._random_part([(t.codes, t.Z) for t in m.reterms])
-        if m.offset is not None:
-            f = f + m.offset
-        return pd.Series(f, index=m.rows, name="fitted")
-
-    def residuals(self) -> pd.Series:
-        """Response minus fitted values (lme4's ``residuals(fit)``, type response)."""
-        return pd.Series(self.model.y - self.fitted().to_numpy(), index=self.model.rows, name="residuals")
 
     def predict(self, newdata: pd.DataFrame | None = None, include_random: bool = True,
                 offset=None, allow_new_levels: bool = False) -> pd.Series:
@@ -812,46 +764,6 @@ class LinearMixedModel:
         opt = optimize_theta(problem, start=self.theta)
         return problem, np.asarray(opt.final, dtype=float)
 
-    def parameter_names(self) -> list[str]:
-        """lme4's ``oldNames = FALSE`` names of the variance parameters, then sigma."""
-        names = []
-        for t in self.model.reterms:
-            ri, ci = _tril_index(t.k)
-            for i, j in zip(ri, ci):
-                if i == j:
-                    names.append(f"sd_{t.cnames[i]}|{t.group}")
-                else:
-                    names.append(f"cor_{t.cnames[i]}.{t.cnames[j]}|{t.group}")
-        return names + ["sigma"]
-
-    def confint(self, method: str = "profile", level: float = 0.95) -> pd.DataFrame:
-        """Confidence intervals, rows named as lme4's ``confint(fit, oldNames = FALSE)``.
-
-        Parameters
-        ----------
-        method : {"profile", "wald"}
-            ``"profile"``: invert the profiled likelihood (see
-            :func:`mixedmodels.profile.profile_confint`; profiles are on the ML deviance scale,
-            also for REML fits, as lme4 does). ``"wald"``: estimate +- z * SE for the fixed
-            effects; the variance parameters get NaN, as lme4 gives NA.
-        level : float
-            Coverage, strictly between 0 and 1.
-
-        Returns
-        -------
-        DataFrame with columns like ``"2.5 %"`` and ``"97.5 %"``.
-        """
-        _validate.check_level(level)
-        method = _validate.check_choice(method, ("profile", "wald"), "method")
-        cols = [f"{100 * (1 - level) / 2:.3g} %", f"{100 * (1 + level) / 2:.3g} %"]
-        if method == "wald":
-            z = stats.norm.ppf(0.5 + level / 2)
-            par = self.parameter_names()
-            lo = np.concatenate([np.full(len(par), np.nan), self.fixef - z * self.se])
-            hi = np.concatenate([np.full(len(par), np.nan), self.fixef + z * self.se])
-            return pd.DataFrame({cols[0]: lo, cols[1]: hi}, index=par + list(self.fixef.index))
-        return profile_confint(self, level=level)
-
     # ---- summary -------------------------------------------------------------------------
 
     def summary(self) -> ModelSummary:
@@ -867,13 +779,7 @@ class LinearMixedModel:
         else:
             stats_ = {"AIC": self.aic, "BIC": self.bic, "logLik": self.loglik, "deviance": self.deviance,
                       "df.resid": float(self.df_resid)}
-        rows = []
-        groups = _unique_names([t.group for t in self.model.reterms])
-        for g, t, S in zip(groups, self.model.reterms, self._covariances()):
-            sd = np.sqrt(np.diag(S))
-            for i in range(t.k):
-                cors = [S[i, j] / (sd[i] * sd[j]) if sd[i] * sd[j] > 0 else np.nan for j in range(i)]
-                rows.append((g, t.cnames[i], sd[i], cors))
+        rows = self.layout.summary_rows(self.theta, self.sigma)
         re_table = random_effects_table(rows, residual_sd=self.sigma)
         fe = pd.DataFrame({"Estimate": self.fixef, "Std. Error": self.se, "t value": self.fixef / self.se})
         C = self.vcov.to_numpy() / np.outer(self.se, self.se)
@@ -896,9 +802,6 @@ class LinearMixedModel:
         crit = "REML criterion" if self.reml else "deviance"
         return (f"<LinearMixedModel {self.formula!r} fit by {kind}: {crit} {self.deviance:.4f}, "
                 f"sigma {self.sigma:.4g}, {self.nobs} obs>")
-
-    def _repr_html_(self) -> str:
-        return self.summary()._repr_html_()
 
 
 def lmer(formula: str, data: pd.DataFrame, reml: bool = True, *, start: np.ndarray | None = None,

@@ -31,8 +31,25 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["ModelSummary", "random_effects_table", "residual_quantiles", "format_column", "format_residuals",
+__all__ = ["ModelSummary", "random_effects_table", "residual_quantiles", "percent_labels", "format_column", "format_residuals",
            "format_pvalue"]
+
+
+def percent_labels(level: float) -> list[str]:
+    """R's column labels of a confidence interval: ``["2.5 %", "97.5 %"]`` for 0.95.
+
+    As R's ``format(100 * c(a, 1 - a), digits = 3)``: each value to 3 significant digits,
+    both printed with the larger number of decimals (``1.25 %``, ``98.75 %`` at 0.975).
+    """
+    a = (1 - float(level)) / 2
+    vals = [100 * a, 100 * (1 - a)]
+
+    def decimals(x: float) -> int:
+        s = f"{float(f'{x:.3g}'):.10f}".rstrip("0")
+        return len(s.split(".")[1]) if "." in s else 0
+
+    d = max(decimals(v) for v in vals)
+    return [f"{v:.{d}f} %" for v in vals]
 
 
 def residual_quantiles(resid: np.ndarray) -> pd.Series:
