@@ -323,5 +323,7 @@ def _sd_indices(obj) -> list[int]:
 def _normalize(obj, x: np.ndarray) -> np.ndarray:
     """Flip signs so every covariance factor has a non-negative diagonal (same likelihood)."""
     x = np.array(x, dtype=float)
-    x[obj.p:] = obj.frame.layout.normalize(x[obj.p:])
+    lay = obj.frame.layout
+    th = slice(obj.p, obj.p + lay.ntheta)   # a dispersion parameter may follow theta
+    x[th] = lay.normalize(x[th])
     return x

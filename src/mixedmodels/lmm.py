@@ -690,7 +690,8 @@ class LinearMixedModel(MixedModel):
 
     def _eta(self) -> np.ndarray:
         m = self.model
-        return m.X @ self.fixef.to_numpy() + self._random_part([(t.codes, t.Z) for t in m.reterms])
+        eta = m.X @ self.fixef.to_numpy() + self._random_part([(t.codes, t.Z) for t in m.reterms])
+        return eta if m.offset is None else eta + m.offset
 
     def _mu(self) -> np.ndarray:
         return self._eta()
@@ -698,7 +699,8 @@ class LinearMixedModel(MixedModel):
     def _response_parts(self):
         y = np.asarray(self.model.y, dtype=float)
         one = np.ones_like(y)
-        return y, one, one, one
+        w = getattr(self.model, "weights", None)
+        return y, (one if w is None else np.asarray(w, dtype=float)), one, one
 
     def _random_part(self, terms_codes_Z: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
         out = 0.0
