@@ -55,7 +55,6 @@ __all__ = [
     "glmer",
     "glmer_nb",
     "GeneralizedLinearMixedModel",
-    "GlmerResult",
     "ConvergenceWarning",
     "QuadratureWarning",
     "simulate_archers",
