@@ -264,7 +264,7 @@ def test_profile_object_can_be_plotted_and_read():
     assert set(t.parameter) == {"sd_Days|Subject", "Days"}
     for nm, sub in t.groupby("parameter"):
         sub = sub.sort_values("value")
-        assert np.all(np.diff(sub.zeta) > -1e-6)                     # zeta increases
+        assert np.all(np.diff(sub.zeta) > -1e-4)      # zeta increases (up to optimizer noise)
         assert sub.zeta.abs().min() == 0.0                           # the estimate is a point
     ci = prof.confint()
     np.testing.assert_allclose(ci.to_numpy(), lmm.confint(parm=["sd_Days|Subject", "Days"]).to_numpy(),
