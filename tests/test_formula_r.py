@@ -202,3 +202,17 @@ def test_match_levels_by_value():
     np.testing.assert_array_equal(match_levels(pd.Series([7, 7.0, "7", "a"]), ["7", "a"]), [0, 0, 0, 1])
     # a string that only looks like a number matches a string label exactly
     np.testing.assert_array_equal(match_levels(pd.Series(["007", 7]), ["007"]), [0, -1])
+
+
+def test_ordered_factor_inside_crossing_and_interactions():
+    df = ordered_data().assign(x=lambda d: np.sin(np.arange(len(d))))
+    m = build_model("y ~ (dose + x)^2 + (1 | g)", df)
+    assert m.xnames == ["(Intercept)", "dose.L", "dose.Q", "x", "dose.L:x", "dose.Q:x"]
+    # an explicit C() keeps the coding it asks for
+    assert build_model("y ~ C(dose) + (1 | g)", df).xnames[1:] == ["C(dose)mid", "C(dose)high"]
+
+
+def test_factor_of_an_ordered_factor_stays_ordered_as_in_R():
+    # R> levels(factor(o)) keeps is.ordered: contr.poly, columns factor(dose).L, factor(dose).Q
+    df = ordered_data()
+    assert build_model("y ~ factor(dose) + (1 | g)", df).xnames[1:] == ["factor(dose).L", "factor(dose).Q"]

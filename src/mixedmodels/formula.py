@@ -870,12 +870,24 @@ def _ordered_contrasts(rhs: str, data: pd.DataFrame) -> tuple[str, dict[str, str
     for col in data.columns:
         if not (isinstance(col, str) and isinstance(data[col].dtype, pd.CategoricalDtype) and data[col].cat.ordered):
             continue
-        pattern = re.compile(r"(?<![A-Za-z0-9_.`(])" + re.escape(col) + r"(?![A-Za-z0-9_.`(])")
-        if not pattern.search(rhs):
-            continue
+        pattern = re.compile(r"(?<![A-Za-z0-9_.`])" + re.escape(col) + r"(?![A-Za-z0-9_.`(])")
         wrapped = f"C({col}, contr.poly)"
-        rhs = pattern.sub(wrapped, rhs)
-        renames[wrapped] = col
+        # R's factor(o) of an ordered factor stays ordered: polynomial contrasts, factor(o).L
+        as_factor = re.compile(r"(?<![A-Za-z0-9_.])factor\(\s*" + re.escape(col) + r"\s*\)")
+        if as_factor.search(rhs):
+            rhs = as_factor.sub(wrapped, rhs)
+            renames[wrapped] = f"factor({col})"
+
+        def wrap(m: re.Match, text: str = rhs) -> str:
+            # Only bare terms: not an argument of a call (C(o), factor(o), I(o == "a")).
+            before = text[:m.start()].rstrip()
+            in_call = before.endswith("(") and _CALL_BEFORE.search(before[:-1]) is not None
+            return m.group(0) if in_call else wrapped
+
+        new = pattern.sub(wrap, rhs)
+        if new != rhs:
+            rhs = new
+            renames[wrapped] = col
     return rhs, renames
 
 
