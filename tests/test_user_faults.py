@@ -93,6 +93,11 @@ def test_glmer_runs_lmers_structural_checks():
         mm.glmer("y ~ x + (x + z + w | g)", df)
     with pytest.raises(ValueError, match="80 random effects"):
         mm.lmer("x ~ z + (x + z + w | g)", df)
+    # binomial counts: the trials are the observations (40 rows of 50 trials carry 2,000)
+    agg = df.assign(n=50, s=rng.binomial(50, 0.5, 40))
+    with pytest.raises(ValueError, match="80 random effects"):
+        mm.glmer("s/n ~ x + (x + z + w | g)", agg.assign(n=1, s=agg.y))
+    quiet(mm.glmer, "s/n ~ x + (x | g)", agg.assign(g=np.repeat(np.arange(40), 1)), nagq=1)
     # an observation-level random effect stays allowed in a GLMM (lme4's allow.n = TRUE)
     cbpp = pd.read_csv(__import__("pathlib").Path(__file__).parent / "fixtures" / "cbpp.csv")
     cbpp["obs"] = np.arange(len(cbpp))

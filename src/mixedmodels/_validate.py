@@ -158,32 +158,39 @@ def check_whole_number(value: object, name: str, minimum: int = 1) -> int:
     return check_count(value, name, minimum)
 
 
-def check_glmm_nlevels(model: ModelStructure) -> None:
+def check_glmm_nlevels(model: ModelStructure, nobs: int | None = None) -> None:
     """No grouping factor with more levels than observations (lme4's checkNlevels with
     ``allow.n = TRUE``, as ``glFormula`` calls it: an observation-level effect is allowed)."""
+    n = model.n if nobs is None else nobs
     for t in model.reterms:
-        if t.nlevels > model.n:
+        if t.nlevels > n:
             raise ValueError(
-                f"grouping factor {t.group!r} has {t.nlevels} levels for {model.n} observations; "
+                f"grouping factor {t.group!r} has {t.nlevels} levels for {n} observations; "
                 "the number of levels must not exceed the number of observations")
 
 
-def check_glmm_nobs_vs_nre(model: ModelStructure) -> None:
+def check_glmm_nobs_vs_nre(model: ModelStructure, nobs: int | None = None) -> None:
     """No term with more random effects than observations (lme4's checkZdims /
-    ``check.nobs.vs.nRE`` with ``allow.n = TRUE``, as ``glFormula`` runs them)."""
+    ``check.nobs.vs.nRE`` with ``allow.n = TRUE``, as ``glFormula`` runs them).
+
+    ``nobs`` counts the observations the likelihood sees: for a binomial response given as
+    successes out of trials, the trials (lme4 counts rows, and so refuses a random slope on
+    aggregated data whose rows carry thousands of trials each)."""
+    n = model.n if nobs is None else nobs
     for t in model.reterms:
-        if t.q > model.n:
+        if t.q > n:
             raise ValueError(
                 f"random-effects term {t.spec} has {t.q} random effects ({t.k} per level x {t.nlevels} "
-                f"levels) for only {model.n} observations; the random-effects parameters are "
+                f"levels) for only {n} observations; the random-effects parameters are "
                 "unidentifiable (lme4: 'number of observations <= number of random effects')")
 
 
-def check_glmm_structure(model: ModelStructure) -> None:
-    """The structural checks ``glmer`` shares with ``lmer`` (lme4's glFormula runs them too)."""
+def check_glmm_structure(model: ModelStructure, nobs: int | None = None) -> None:
+    """The structural checks ``glmer`` shares with ``lmer`` (lme4's glFormula runs them too);
+    ``nobs`` as in :func:`check_glmm_nobs_vs_nre`."""
     check_has_random(model)
-    check_glmm_nlevels(model)
-    check_glmm_nobs_vs_nre(model)
+    check_glmm_nlevels(model, nobs)
+    check_glmm_nobs_vs_nre(model, nobs)
 
 
 def check_glmm_response(y: np.ndarray, m: np.ndarray, lhs: str, family: str) -> None:

@@ -164,8 +164,10 @@ def glmer_frame(formula: str, data: pd.DataFrame, family: str | Family = "binomi
     if not ms.reterms:
         raise ValueError(f"formula {formula!r} has no random-effects term such as (1 | g); "
                          "use a GLM for a model without random effects")
-    _validate.check_glmm_structure(ms)
     frame = frame_from_model(ms, data, fam, weights)
+    # Binomial counts: every trial is an observation (rows of aggregated data carry many).
+    nobs = int(round(float(np.sum(frame.m)))) if fam.name == "binomial" else ms.n
+    _validate.check_glmm_structure(ms, max(nobs, ms.n))
     _validate.check_glmm_response(frame.y, frame.m, ms.parsed.lhs, fam.name)
     return frame
 
