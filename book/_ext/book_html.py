@@ -3,7 +3,7 @@
 - The repository URL (``repository: url:`` in ``_config.yml``) is the one setting for the
   repository and Binder buttons: when it is empty they are not shown.
 - Every chapter offers its executed notebook (``.ipynb``) for download, with or without Binder.
-- One search box, in the sidebar.
+- One search box, in the sidebar; a favicon on every page and at the site root.
 - The execution-status table names chapters by their titles and says "✓ ran" in plain text
   (an emoji check mark shows as an empty box where no emoji font is installed).
 - Scripts that Jupyter Book registers twice (sphinx-thebe's ``const THEBE_JS_URL``) are written
@@ -71,7 +71,15 @@ class _ExecTableTitles(SphinxPostTransform):
                     ref["refexplicit"] = False
 
 
+def _root_favicon(app, exception) -> None:
+    # Pages without a <link rel="icon"> (the root redirect) make browsers ask for /favicon.ico.
+    icon = Path(app.srcdir) / "book" / "_static" / "favicon.png"
+    if exception is None and icon.exists():
+        shutil.copy2(icon, Path(app.outdir) / "favicon.ico")
+
+
 def setup(app):
+    app.connect("build-finished", _root_favicon)
     try:
         from myst_nb.ext import execution_tables
     except ImportError:  # older myst-nb: leave its table as it is
