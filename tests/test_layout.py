@@ -282,3 +282,14 @@ def test_layout_is_built_once_from_terms():
     assert isinstance(lmm.layout, CovarianceLayout)
     assert lmm.layout.names == glmm.layout.names
     np.testing.assert_array_equal(lmm.layout.lower, [0.0, 0.0])
+
+
+def test_optsum_reads_the_same_on_both():
+    lmm, glmm = fits("scalar")
+    for fit in (lmm, glmm):
+        o = fit.optsum
+        assert o.evaluations == o.nevals > 0
+        assert o.message == o.return_message
+        assert np.isfinite(o.final_objective) and isinstance(o.converged, bool)
+        assert "convergence" in str(o)
+    assert glmm.optsum.final_objective == pytest.approx(-2 * glmm.loglik)

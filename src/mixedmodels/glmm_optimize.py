@@ -56,6 +56,31 @@ class GlmerOptSummary:
     converged: bool = False
     convergence_message: str = ""
 
+    # The LMM's OptSummary names for the same things, so code reading ``fit.optsum`` works on
+    # both kinds of fit.
+    @property
+    def evaluations(self) -> int:
+        """Objective evaluations (``nevals``)."""
+        return self.nevals
+
+    @property
+    def return_message(self) -> str:
+        """The optimizer's message (``message``)."""
+        return self.message
+
+    @property
+    def final_objective(self) -> float:
+        """The objective at the optimum: the deviance ``-2 loglik``."""
+        return -2.0 * float(self.loglik)
+
+    def __str__(self) -> str:
+        return (f"optimizer: {self.optimizer}\n"
+                f"final parameters: {np.array2string(np.asarray(self.final), precision=6)}  "
+                f"logLik {self.loglik:.6f}\n"
+                f"evaluations: {self.nevals}; Newton steps: {self.newton_steps}; "
+                f"optimizer says: {self.message}\n"
+                f"convergence: {self.convergence_message}")
+
 
 def _hessian(obj, x: np.ndarray, free: np.ndarray | None = None) -> np.ndarray:
     """Negative Hessian of the log-likelihood (central differences of the analytic gradient),

@@ -68,6 +68,18 @@ class OptSummary:
     history: list[tuple[np.ndarray, float]] = field(default_factory=list, repr=False)
     seconds: float = 0.0
 
+    # The GLMM record's names for the same things (GlmerOptSummary), so code reading
+    # ``fit.optsum`` works on both kinds of fit.
+    @property
+    def nevals(self) -> int:
+        """Objective evaluations (``evaluations``)."""
+        return self.evaluations
+
+    @property
+    def message(self) -> str:
+        """The optimizer's message (``return_message``)."""
+        return self.return_message
+
     def __str__(self) -> str:
         return (
             f"optimizer: {self.optimizer}\n"
