@@ -118,10 +118,13 @@ class GeneralizedLinearMixedModel(MixedModel):
     # ---- counts and criteria ---------------------------------------------------------
     @property
     def nobs(self) -> int:
+        """Number of observations (rows) used in the fit, as lme4's ``nobs``."""
         return self.frame.n
 
     @property
     def npar(self) -> int:
+        """Number of estimated parameters: fixed effects, covariance parameters and, for
+        Gamma, inverse Gaussian and negative binomial, the dispersion."""
         return len(self._params)
 
     @property
@@ -131,14 +134,17 @@ class GeneralizedLinearMixedModel(MixedModel):
 
     @property
     def aic(self) -> float:
+        """Akaike information criterion, ``-2 loglik + 2 npar`` (every constant kept)."""
         return -2.0 * self.loglik + 2 * self.npar
 
     @property
     def bic(self) -> float:
+        """Bayesian information criterion, ``-2 loglik + npar log(nobs)``."""
         return -2.0 * self.loglik + self.npar * np.log(self.nobs)
 
     @property
     def df_resid(self) -> int:
+        """Residual degrees of freedom, ``nobs - npar`` (lme4's ``df.residual``)."""
         return self.nobs - self.npar
 
     @property
