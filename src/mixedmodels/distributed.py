@@ -87,8 +87,10 @@ def get_client(client=None):
     client : Client or str, optional
         A client, or the address of a scheduler (``"tcp://host:8786"``) to connect to.
         Default: the current client if there is one, else a :class:`LocalCluster` on this
-        machine (one single-threaded worker process per core), started once and kept for the
-        session.
+        machine, started once and kept for the session: one single-threaded worker process
+        per core in a notebook or an interactive session, one worker with a thread per core
+        in a script run as a file (worker processes would re-run an unguarded script; create
+        your own ``Client`` under ``if __name__ == "__main__":`` for processes there).
 
     Returns
     -------
@@ -106,8 +108,19 @@ def get_client(client=None):
     except ValueError:
         pass
     if not _LOCAL:
-        cluster = LocalCluster(n_workers=max(1, min(os.cpu_count() or 1, 4)),
-                               threads_per_worker=1, processes=True, dashboard_address=":0")
+        # Worker processes are started by spawning, which re-runs a script's top level: in a
+        # plain `python script.py` without an `if __name__ == "__main__":` guard that fails
+        # ("Nanny failed to start") or repeats the script's work. So a script gets threads;
+        # a notebook or an interactive session (no __main__.__file__) gets processes.
+        import logging
+        import __main__
+
+        processes = not hasattr(__main__, "__file__")
+        n = max(1, min(os.cpu_count() or 1, 4))
+        cluster = LocalCluster(n_workers=n if processes else 1,
+                               threads_per_worker=1 if processes else n,
+                               processes=processes, dashboard_address=":0",
+                               silence_logs=logging.ERROR)
         _LOCAL.extend([cluster, Client(cluster)])
         atexit.register(_close_local)
     return _LOCAL[1]

@@ -140,6 +140,18 @@ def glmer(formula: str, data: pd.DataFrame, family: str | Family = "binomial",
     >>> fit = mm.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", cbpp,
     ...                family=mm.families.binomial(link="probit"))      # doctest: +SKIP
     """
+    # The fit warns from deep inside (quadrature, convergence, singular fits): re-issue each
+    # warning at the caller's line, as lmer's are, so a user sees where it came from.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = _glmer_any(formula, data, family, weights, nagq, start, link, offset, client,
+                         verbose)
+    for w in caught:
+        warnings.warn(w.message, w.category, stacklevel=2)
+    return res
+
+
+def _glmer_any(formula, data, family, weights, nagq, start, link, offset, client, verbose):
     if data.__class__.__module__.startswith("dask"):
         from .formula import parse_formula
 
