@@ -192,7 +192,8 @@ BAD_FITS = [
     # (name, data transform, formula change, message fragment)
     ("all NaN covariate", _nan_x, None, "no complete rows left"),
     ("inf covariate", _inf_x, None, "'x' have 1 infinite"),
-    ("empty frame", lambda d: d.iloc[:0], None, "no complete rows left"),
+    ("empty frame", lambda d: d.iloc[:0], None, "data has no rows \\(columns: "),
+    ("frame without columns", lambda d: pd.DataFrame(), None, "data has no rows \\(columns: none"),
     ("one group", lambda d: d.assign(g=0), None, "grouping factor 'g' has 1 level"),
     ("one row per group", lambda d: d.assign(g=np.arange(len(d))), None, "grouping factor 'g' has 80 levels"),
     ("text covariate", _str_x, None, None),  # either refused by name or fitted as a factor
@@ -296,3 +297,8 @@ def test_bad_newresponse_to_refit(fits, which):
     for bad, match in [(np.ones(3), "newresponse"), (np.full(len(df), np.nan), "newresponse"), ("y", "newresponse")]:
         with pytest.raises(ValueError, match=match):
             quiet(mm.refit, fit, bad)
+
+
+def test_gaussian_family_in_glmer_points_to_lmer():
+    with pytest.raises(ValueError, match=r"fit a gaussian \(normal\) model with lmer\(\)"):
+        mm.glmer("y ~ x + (1 | g)", base(), family="gaussian")

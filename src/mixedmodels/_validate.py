@@ -45,10 +45,12 @@ def check_positive(value: object, name: str) -> float:
     return float(value)
 
 
-def check_dataframe(data: object, name: str = "data") -> None:
-    """``data`` must be a pandas DataFrame."""
+def check_dataframe(data: object, name: str = "data", allow_empty: bool = True) -> None:
+    """``data`` must be a pandas DataFrame (with rows, unless ``allow_empty``)."""
     if not isinstance(data, pd.DataFrame):
         raise ValueError(f"{name} must be a pandas DataFrame, got {type(data).__name__}")
+    if not allow_empty and len(data) == 0:
+        raise ValueError(f"{name} has no rows (columns: {', '.join(map(str, data.columns)) or 'none'})")
 
 
 def check_columns(data: pd.DataFrame, columns: Sequence[str], name: str = "data") -> None:

@@ -752,6 +752,10 @@ def get_family(family: str | Family, link: str | None = None) -> Family:
         return family
     key = str(family).lower()
     key = _ALIASES.get(key, key)
+    if key in ("gaussian", "normal"):
+        # lme4's glmer hands a gaussian identity-link model to lmer; say so instead.
+        raise ValueError(f"`family`={family!r}: fit a gaussian (normal) model with lmer(), the "
+                         "linear mixed model; glmer takes " + ", ".join(sorted(_FAMILIES)))
     if key not in _FAMILIES:
         raise ValueError(
             f"`family` must be one of {sorted(_FAMILIES)}, got {family!r}"

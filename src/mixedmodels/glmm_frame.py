@@ -154,7 +154,7 @@ def glmer_frame(formula: str, data: pd.DataFrame, family: str | Family = "binomi
     """Stage 1: evaluate the formula and read the response (see :func:`glmer`)."""
     fam = get_family(family, link)
     _check_zero_denominators(formula, data)
-    _validate.check_dataframe(data)
+    _validate.check_dataframe(data, allow_empty=False)
     # Per-row arguments: a Series is matched by index; a row missing one is dropped (warned).
     w_rows, o_rows = row_argument(weights, data, "weights"), row_argument(offset, data, "offset")
     ms = build_model(formula, data, row_arguments={"weights": w_rows, "offset": o_rows})

@@ -846,7 +846,7 @@ def lmer(formula: str, data: pd.DataFrame, reml: bool = True, *, start: np.ndarr
         raise ValueError("lmer does not fit Dask frames yet (glmer does, for one grouping factor "
                          "with a scalar random effect): compute() the frame into pandas if it "
                          "fits in memory")
-    _validate.check_dataframe(data)
+    _validate.check_dataframe(data, allow_empty=False)
     # Per-row arguments: a Series is matched by index; a row missing one is dropped (warned).
     w_rows, o_rows = row_argument(weights, data, "weights"), row_argument(offset, data, "offset")
     model = build_model(formula, data, row_arguments={"weights": w_rows, "offset": o_rows})
