@@ -216,6 +216,8 @@ class ChunkResult:
     opg : ndarray (p + 1, p + 1) or None
         Sum over groups of the outer products of the groups' score vectors (BHHH's
         approximation of the information), when asked for.
+    neg_hessian : ndarray (p + 1, p + 1) or None
+        Negative Hessian of the log-likelihood (:func:`_neg_hessian`), when asked for.
     """
 
     loglik: float
@@ -225,15 +227,18 @@ class ChunkResult:
     loglik_groups: np.ndarray
     newton_iters: int = 0
     opg: np.ndarray | None = None
+    neg_hessian: np.ndarray | None = None
 
     def __add__(self, other: "ChunkResult") -> "ChunkResult":
         grad = None if self.grad is None or other.grad is None else self.grad + other.grad
         opg = None if self.opg is None or other.opg is None else self.opg + other.opg
+        nh = (None if self.neg_hessian is None or other.neg_hessian is None
+              else self.neg_hessian + other.neg_hessian)
         return ChunkResult(self.loglik + other.loglik, grad,
                            np.concatenate([self.u_hat, other.u_hat]),
                            np.concatenate([self.h, other.h]),
                            np.concatenate([self.loglik_groups, other.loglik_groups]),
-                           max(self.newton_iters, other.newton_iters), opg)
+                           max(self.newton_iters, other.newton_iters), opg, nh)
 
 
 def conditional_modes(eta_fixed: np.ndarray, sigma: float, chunk: GroupChunk, family: Family,
@@ -288,8 +293,8 @@ def conditional_modes(eta_fixed: np.ndarray, sigma: float, chunk: GroupChunk, fa
 
 def agq_chunk(beta: np.ndarray, sigma: float, chunk: GroupChunk, family: Family, nagq: int,
               u0: np.ndarray | None = None, gradient: bool = True, opg: bool = False,
-              rule: str = "gh", span: np.ndarray | None = None, shift: np.ndarray | None = None
-              ) -> ChunkResult:
+              rule: str = "gh", span: np.ndarray | None = None, shift: np.ndarray | None = None,
+              hessian: bool = False) -> ChunkResult:
     """Log marginal likelihood (and gradient) of a chunk of whole groups.
 
     A pure function of ``(beta, sigma)`` and the chunk (``u0`` only warm-starts the
@@ -323,6 +328,10 @@ def agq_chunk(beta: np.ndarray, sigma: float, chunk: GroupChunk, family: Family,
     span, shift : ndarray (G,), optional
         Per-group half-width and centre of the trapezoid's range in units of ``s`` (default
         8 and 0); held fixed, like the rule, while the parameters move.
+    hessian : bool
+        Also return the negative Hessian in ``(beta, sigma)`` (needs ``gradient``), by
+        differentiating under the integral (:func:`_neg_hessian`): exact up to the rule's
+        quadrature error, so meant for rules that have converged (``nagq="auto"``).
 
     Returns
     -------
@@ -390,6 +399,8 @@ def agq_chunk(beta: np.ndarray, sigma: float, chunk: GroupChunk, family: Family,
     T1 = chunk.group_sum(z * d1)
     T3 = chunk.group_sum(z ** 3 * e3)
     c_rows = np.einsum("ij,ij->i", pi[gi], d1_k)                         # E_beta per row
+    neg_hess = (_neg_hessian(chunk, family, eta_hat, s, c, T, zk, sigma, uk, pi, d1_k, zd1_k)
+                if hessian else None)
     del d1_k
     # d log L / d beta = X' r (derivation in the module notes: E + A du/db + C dh/db), where
     # du/db = sigma sum z d2 x / h_obs and h's derivative is that of sigma^2 sum z^2 e2.
@@ -408,7 +419,49 @@ def agq_chunk(beta: np.ndarray, sigma: float, chunk: GroupChunk, family: Family,
     if opg:
         S = np.column_stack([chunk.group_sum(X * r[:, None]), s_sigma])
         outer = S.T @ (S if wg is None else S * wg[:, None])
-    return ChunkResult(loglik, grad, u_hat, h, ll_groups, iters, outer)
+    return ChunkResult(loglik, grad, u_hat, h, ll_groups, iters, outer, neg_hess)
+
+
+def _neg_hessian(chunk: GroupChunk, family: Family, eta_hat, s, c, T, zk, sigma, uk, pi,
+                 d1_k, zd1_k) -> np.ndarray:
+    """Negative Hessian of the chunk's log-likelihood in ``(beta, sigma)``, ``(p+1, p+1)``.
+
+    Each group's log-integral ``log integral exp(g(u; theta)) du`` is differentiated under
+    the integral at fixed ``u`` (the prior of ``u`` does not involve ``theta``)::
+
+        d2/dtheta2 log L_i = E[g_theta,theta] + Var[g_theta],
+
+    expectations under the group's posterior of ``u``, computed with the same nodes and
+    weights ``pi`` as the log-likelihood. Per node, ``g_beta = sum_j d1_j x_j``,
+    ``g_sigma = u sum_j d1_j z_j`` and the second derivatives carry ``d2_j`` and the matching
+    products. The error is the rule's quadrature error on these moments (the tests compare
+    with finite differences of the analytic gradient).
+    """
+    X, y, m, z, gi = chunk.X, chunk.y, chunk.m, chunk.z, chunk.gidx
+    p = X.shape[1]
+    q = p + 1
+    eta_k = np.multiply.outer(sigma * z * (s * T)[gi], zk)
+    eta_k += (eta_hat + sigma * z * (s * c)[gi])[:, None]
+    d2_k = family.derivs(eta_k, y[:, None], m[:, None], order=2)[1]
+    del eta_k
+    G, K = uk.shape
+    # Per group and node: the score S (G, K, q) and the second derivatives D (G, K, q, q).
+    S = np.empty((G, K, q))
+    for a in range(p):
+        S[:, :, a] = chunk.group_sum(X[:, a, None] * d1_k)
+    S[:, :, p] = uk * zd1_k
+    D = np.empty((G, K, q, q))
+    for a in range(p):
+        for b in range(a, p):
+            D[:, :, a, b] = D[:, :, b, a] = chunk.group_sum((X[:, a] * X[:, b])[:, None] * d2_k)
+        D[:, :, a, p] = D[:, :, p, a] = uk * chunk.group_sum((X[:, a] * z)[:, None] * d2_k)
+    D[:, :, p, p] = uk * uk * chunk.group_sum((z * z)[:, None] * d2_k)
+    mean = np.einsum("gk,gka->ga", pi, S)
+    second = np.einsum("gk,gkab->gab", pi, D) + np.einsum("gk,gka,gkb->gab", pi, S, S)
+    Hg = second - mean[:, :, None] * mean[:, None, :]                   # (G, q, q)
+    wg = chunk.weights
+    H = Hg.sum(axis=0) if wg is None else np.einsum("g,gab->ab", wg, Hg)
+    return -H
 
 
 

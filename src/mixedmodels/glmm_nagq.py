@@ -16,7 +16,7 @@ import numpy as np
 from .agq_vector import auto_ladder
 from .glmm_frame import GlmerFrame
 from .glmm_objective import ScalarObjective, _default_start, make_objective
-from .glmm_optimize import GlmerOptSummary, _bhhh, check_optimum, optimize_glmer
+from .glmm_optimize import GlmerOptSummary, _bhhh, _hessian, check_optimum, optimize_glmer
 
 __all__ = ["fit_nagq", "QuadratureWarning", "AUTO_LADDER"]
 
@@ -119,7 +119,17 @@ def _fit_auto(frame: GlmerFrame, start: np.ndarray | None, obj=None):
             obj.choose_rules(x)
         except FloatingPointError:
             x = start
-    opt = optimize_glmer(obj, x, hessian=h0)
+    h0_at = None
+    if h0 is None and x is not start and getattr(obj, "analytic_hessian", False):
+        # Near the optimum the kernel's Hessian (one pass, no finite differences) makes
+        # Newton steps converge at once: no second BHHH phase.
+        H = _hessian(obj, x)
+        try:
+            np.linalg.cholesky(H)
+            h0, h0_at = H, x
+        except np.linalg.LinAlgError:
+            pass
+    opt = optimize_glmer(obj, x, hessian=h0, hessian_at=h0_at)
     history.append((obj.points_range[1], opt.loglik, opt.final.copy()))
     for _ in range(MAX_RULE_ROUNDS - 1):
         before = obj.rules

@@ -109,6 +109,7 @@ class ScalarObjective:
         """Use per-unit trapezoid rules (``None``: back to ``nagq`` Gauss-Hermite points)."""
         self.rules = rules
         self._parts = []
+        self._at_x = None  # a cached evaluation (glmm_optimize) is stale under new rules
         if rules is None:
             return
         for i, ch in enumerate(self.chunks):
@@ -129,6 +130,14 @@ class ScalarObjective:
                                     rules.shift[idx[sel]]))
 
     @property
+    def analytic_hessian(self) -> bool:
+        """Whether :func:`mixedmodels.glmm_optimize._hessian` uses the kernel's Hessian:
+        with per-unit rules converged to 1e-8 (``nagq="auto"``), where differentiating under
+        the integral is exact to that accuracy; a fixed Gauss-Hermite rule keeps finite
+        differences of its own gradient."""
+        return self.rules is not None and not getattr(self, "has_dispersion", False)
+
+    @property
     def points_range(self) -> tuple[int, int]:
         """Fewest and most points any group is integrated with."""
         if self.rules is None:
@@ -144,18 +153,21 @@ class ScalarObjective:
         self._u = None
 
     def evaluate(self, params: np.ndarray, gradient: bool = True, nagq: int | None = None,
-                 keep: bool = True, opg: bool = False, refine: bool = False):
+                 keep: bool = True, opg: bool = False, refine: bool = False,
+                 hessian: bool = False):
         """Log-likelihood (and gradient, and outer products of scores) at ``params``.
 
         ``nagq`` evaluates with that many Gauss-Hermite points instead of the rules in use;
         ``refine`` with every unit's trapezoid rule about doubled (the quadrature check).
+        ``hessian`` returns ``(loglik, gradient, negative Hessian)``, the Hessian by
+        differentiating under the integral (:func:`mixedmodels.agq._neg_hessian`).
         """
         params = np.asarray(params, dtype=float)
         beta, sigma = params[:self.p], float(params[self.p])
         G = self.nunits
         u_all, h_all, llg = np.empty(G), np.empty(G), np.empty(G)
-        loglik, grad, outer, iters = 0.0, None, None, 0
-        want_grad = gradient or opg
+        loglik, grad, outer, iters, nhess = 0.0, None, None, 0, None
+        want_grad = gradient or opg or hessian
         if self.rules is None or nagq is not None:
             jobs = [(nagq or self.nagq, ch, np.arange(self._first[i], self._first[i + 1]),
                      None, None) for i, ch in enumerate(self.chunks)]
@@ -167,12 +179,14 @@ class ScalarObjective:
         for k, ch, idx, span, shift in jobs:
             u0 = None if self._u is None else self._u[idx]
             r = agq_chunk(beta, sigma, ch, self.family, k, u0=u0, gradient=want_grad,
-                          opg=opg, rule=rule, span=span, shift=shift)
+                          opg=opg, rule=rule, span=span, shift=shift, hessian=hessian)
             loglik += r.loglik
             if want_grad:
                 grad = r.grad if grad is None else grad + r.grad
             if opg:
                 outer = r.opg if outer is None else outer + r.opg
+            if hessian:
+                nhess = r.neg_hessian if nhess is None else nhess + r.neg_hessian
             u_all[idx], h_all[idx], llg[idx] = r.u_hat, r.h, r.loglik_groups
             iters = max(iters, r.newton_iters)
         self.nevals += 1
@@ -182,6 +196,8 @@ class ScalarObjective:
             self.last = ChunkResult(loglik, grad, u_all, h_all, llg, iters, outer)
         if opg:
             return loglik, grad, outer
+        if hessian:
+            return loglik, grad, nhess
         if gradient:
             return loglik, grad
         return loglik, None

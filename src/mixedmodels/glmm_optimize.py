@@ -15,6 +15,10 @@ from .glmm_objective import ScalarObjective
 
 __all__ = ["GlmerOptSummary", "optimize_glmer", "check_optimum"]
 
+#: Newton steps stop when the next one would raise the log-likelihood by less than this
+#: (about its rounding error for a few thousand observations).
+NEWTON_DONE = 1e-12
+
 
 @dataclass
 class GlmerOptSummary:
@@ -84,8 +88,15 @@ class GlmerOptSummary:
 
 def _hessian(obj, x: np.ndarray, free: np.ndarray | None = None) -> np.ndarray:
     """Negative Hessian of the log-likelihood (central differences of the analytic gradient),
-    over the ``free`` parameters."""
+    over the ``free`` parameters; the kernel's analytic Hessian (one pass) where the
+    objective offers one."""
     free = np.arange(len(x)) if free is None else free
+    if getattr(obj, "analytic_hessian", False):
+        ll, g, H = obj.evaluate(x, hessian=True)
+        if np.isfinite(ll) and np.all(np.isfinite(H)):
+            obj._at_x = (x.copy(), ll, g)
+            H = H[np.ix_(free, free)]
+            return 0.5 * (H + H.T)
     k = len(free)
     H = np.empty((k, k))
     for c, j in enumerate(free):
@@ -159,10 +170,12 @@ def _bhhh(obj, x0, free, maxiter=100, tol=1e-6):
     return x, "BHHH iteration limit"
 
 
-def _newton_polish(obj, x, ll, g, free, H=None, maxsteps=10):
-    """Newton steps on the free parameters, reusing one Hessian while steps keep gaining."""
-    steps, fresh = 0, False
-    x_H = None
+def _newton_polish(obj, x, ll, g, free, H=None, maxsteps=10, fresh=False):
+    """Newton steps on the free parameters, reusing one Hessian while steps keep gaining.
+
+    ``fresh``: ``H`` was computed at ``x`` itself (not at a nearby point)."""
+    steps = 0
+    x_H = x.copy() if fresh and H is not None else None
     for _ in range(maxsteps):
         if H is None:
             H = _hessian(obj, x, free)
@@ -175,6 +188,8 @@ def _newton_polish(obj, x, ll, g, free, H=None, maxsteps=10):
             break
         if not np.all(np.isfinite(step)):
             break
+        if 0.0 <= 0.5 * float(gf @ step) < NEWTON_DONE:
+            break  # a step would gain less than rounding error in the log-likelihood
         t, improved = 1.0, False
         while t > 1e-3:
             xn = x.copy()
@@ -199,7 +214,8 @@ def _newton_polish(obj, x, ll, g, free, H=None, maxsteps=10):
 
 
 def optimize_glmer(obj, start: np.ndarray, fixed: dict[int, float] | None = None,
-                   hessian: np.ndarray | None = None) -> GlmerOptSummary:
+                   hessian: np.ndarray | None = None, hessian_at: np.ndarray | None = None
+                   ) -> GlmerOptSummary:
     """Stage 3: maximize the log-likelihood from ``start``.
 
     A quasi-Newton phase on the analytic gradient (BHHH for the scalar kernel, whose per-group
@@ -209,7 +225,8 @@ def optimize_glmer(obj, start: np.ndarray, fixed: dict[int, float] | None = None
     distribution), so a standard deviation may wander below zero and is reported as its
     absolute value (:func:`_normalize`). ``fixed`` holds parameters at given values
     (profiling). With ``hessian`` (the negative Hessian at a nearby optimum, e.g. the previous
-    rule's in ``nagq="auto"``) the quasi-Newton phase is skipped.
+    rule's in ``nagq="auto"``) the quasi-Newton phase is skipped; ``hessian_at`` says it was
+    computed at ``start`` itself (then it is not recomputed if the first step fails).
     """
     fixed = fixed or {}
     free = np.array([j for j in range(obj.nparams) if j not in fixed], dtype=int)
@@ -242,10 +259,16 @@ def optimize_glmer(obj, start: np.ndarray, fixed: dict[int, float] | None = None
     else:
         x, message = quasi_newton(x0)
         H0 = None
-    ll, g = _safe_evaluate(obj, x)
+    fresh = (H0 is not None and hessian_at is not None and len(free) == obj.nparams
+             and np.array_equal(hessian_at, x))
+    at = getattr(obj, "_at_x", None)
+    if fresh and at is not None and np.array_equal(at[0], x):
+        ll, g = at[1], at[2]  # the caller's Hessian pass evaluated them there just now
+    else:
+        ll, g = _safe_evaluate(obj, x)
     if g is None:  # the start itself failed to evaluate
         raise FloatingPointError("the log-likelihood could not be evaluated at the start")
-    x, ll, g, steps, H, x_H = _newton_polish(obj, x, ll, g, free, H=H0)
+    x, ll, g, steps, H, x_H = _newton_polish(obj, x, ll, g, free, H=H0, fresh=fresh)
     # The boundary rule (mixedmodels.boundary): an SD that ends at 0 is an optimum only if the
     # log-likelihood falls as it moves away from 0. It is flat to first order there (b and -b
     # have the same distribution), so a zero gradient proves nothing; restart from a better
