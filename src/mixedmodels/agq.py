@@ -398,9 +398,11 @@ def agq_chunk(beta: np.ndarray, sigma: float, chunk: GroupChunk, family: Family,
     C = 0.5 * (1.0 + s * (c * A + T * B)) / h
     T1 = chunk.group_sum(z * d1)
     T3 = chunk.group_sum(z ** 3 * e3)
-    c_rows = np.einsum("ij,ij->i", pi[gi], d1_k)                         # E_beta per row
-    neg_hess = (_neg_hessian(chunk, family, eta_hat, s, c, T, zk, sigma, uk, pi, d1_k, zd1_k)
-                if hessian else None)
+    pi_rows = pi[gi]
+    c_rows = np.einsum("ij,ij->i", pi_rows, d1_k)                        # E_beta per row
+    neg_hess = (_neg_hessian(chunk, family, eta_hat, s, c, T, zk, sigma, uk, pi, pi_rows,
+                             d1_k, zd1_k) if hessian else None)
+    del pi_rows
     del d1_k
     # d log L / d beta = X' r (derivation in the module notes: E + A du/db + C dh/db), where
     # du/db = sigma sum z d2 x / h_obs and h's derivative is that of sigma^2 sum z^2 e2.
@@ -423,7 +425,7 @@ def agq_chunk(beta: np.ndarray, sigma: float, chunk: GroupChunk, family: Family,
 
 
 def _neg_hessian(chunk: GroupChunk, family: Family, eta_hat, s, c, T, zk, sigma, uk, pi,
-                 d1_k, zd1_k) -> np.ndarray:
+                 pi_rows, d1_k, zd1_k) -> np.ndarray:
     """Negative Hessian of the chunk's log-likelihood in ``(beta, sigma)``, ``(p+1, p+1)``.
 
     Each group's log-integral ``log integral exp(g(u; theta)) du`` is differentiated under
@@ -432,37 +434,53 @@ def _neg_hessian(chunk: GroupChunk, family: Family, eta_hat, s, c, T, zk, sigma,
         d2/dtheta2 log L_i = E[g_theta,theta] + Var[g_theta],
 
     expectations under the group's posterior of ``u``, computed with the same nodes and
-    weights ``pi`` as the log-likelihood. Per node, ``g_beta = sum_j d1_j x_j``,
-    ``g_sigma = u sum_j d1_j z_j`` and the second derivatives carry ``d2_j`` and the matching
-    products. The error is the rule's quadrature error on these moments (the tests compare
-    with finite differences of the analytic gradient).
+    weights ``pi`` (``pi_rows``: gathered to rows) as the log-likelihood. Per node,
+    ``g_beta = sum_j d1_j x_j``, ``g_sigma = u sum_j d1_j z_j``; the second derivatives carry
+    ``d2_j`` and the matching products, so their expectations are row sums. The error is the
+    rule's quadrature error on these moments (``tests/test_agq_hessian.py`` compares with
+    finite differences of the analytic gradient).
     """
     X, y, m, z, gi = chunk.X, chunk.y, chunk.m, chunk.z, chunk.gidx
     p = X.shape[1]
     q = p + 1
     eta_k = np.multiply.outer(sigma * z * (s * T)[gi], zk)
     eta_k += (eta_hat + sigma * z * (s * c)[gi])[:, None]
-    d2_k = family.derivs(eta_k, y[:, None], m[:, None], order=2)[1]
+    if family.name == "binomial" and family.link == "logit":
+        # d2 = -m mu (1 - mu) = -m e / (1 + e)^2 with e = exp(-|eta|), in place.
+        d2_k = np.abs(eta_k, out=eta_k)
+        np.negative(d2_k, out=d2_k)
+        np.exp(d2_k, out=d2_k)
+        t = d2_k + 1.0
+        t *= t
+        d2_k /= t
+        d2_k *= -m[:, None]
+        del t
+    else:
+        d2_k = family.derivs(eta_k, y[:, None], m[:, None], order=2)[1]
     del eta_k
+    wg = chunk.weights
+    wrow = 1.0 if wg is None else wg[gi]
+    # E[g_theta,theta], summed over groups: row sums of d2 x x' with posterior weights.
+    w2 = np.einsum("jk,jk->j", pi_rows, d2_k) * wrow
+    w2u = np.einsum("jk,jk->j", (pi * uk)[gi], d2_k) * wrow
+    w2uu = np.einsum("jk,jk->j", (pi * uk * uk)[gi], d2_k) * wrow
+    del d2_k
+    E = np.empty((q, q))
+    E[:p, :p] = X.T @ (X * w2[:, None])
+    E[:p, p] = E[p, :p] = X.T @ (z * w2u)
+    E[p, p] = float(np.sum(z * z * w2uu))
+    # Var[g_theta]: the scores per group and node (G, K, q).
     G, K = uk.shape
-    # Per group and node: the score S (G, K, q) and the second derivatives D (G, K, q, q).
     S = np.empty((G, K, q))
     for a in range(p):
         S[:, :, a] = chunk.group_sum(X[:, a, None] * d1_k)
     S[:, :, p] = uk * zd1_k
-    D = np.empty((G, K, q, q))
-    for a in range(p):
-        for b in range(a, p):
-            D[:, :, a, b] = D[:, :, b, a] = chunk.group_sum((X[:, a] * X[:, b])[:, None] * d2_k)
-        D[:, :, a, p] = D[:, :, p, a] = uk * chunk.group_sum((X[:, a] * z)[:, None] * d2_k)
-    D[:, :, p, p] = uk * uk * chunk.group_sum((z * z)[:, None] * d2_k)
+    pw = pi if wg is None else pi * wg[:, None]
     mean = np.einsum("gk,gka->ga", pi, S)
-    second = np.einsum("gk,gkab->gab", pi, D) + np.einsum("gk,gka,gkb->gab", pi, S, S)
-    Hg = second - mean[:, :, None] * mean[:, None, :]                   # (G, q, q)
-    wg = chunk.weights
-    H = Hg.sum(axis=0) if wg is None else np.einsum("g,gab->ab", wg, Hg)
+    S2 = S.reshape(G * K, q)
+    V = (S2 * pw.reshape(-1, 1)).T @ S2 - (mean if wg is None else mean * wg[:, None]).T @ mean
+    H = E + V
     return -H
-
 
 
 @dataclass(frozen=True)
