@@ -58,7 +58,9 @@ def _assert_same(fit, ref):
     assert fit.nagq == ref.nagq
     np.testing.assert_allclose(fit.fixef, ref.fixef, rtol=TOL, atol=TOL)
     np.testing.assert_allclose(fit.theta, ref.theta, rtol=TOL, atol=TOL)
-    np.testing.assert_allclose(fit.se, ref.se, rtol=TOL, atol=TOL)
+    # The in-memory nagq="auto" fit's Hessian is the kernel's analytic one, the Dask
+    # objective's finite differences of its gradient: they agree to ~1e-6.
+    np.testing.assert_allclose(fit.se, ref.se, rtol=1e-5, atol=1e-7)
     assert abs(fit.loglik - ref.loglik) <= TOL * (1 + abs(ref.loglik))
     a, b = fit.ranef(), ref.ranef()
     assert list(a.level) == list(b.level)
