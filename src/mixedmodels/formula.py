@@ -814,6 +814,9 @@ def _expression_variables(expr: str, columns: pd.Index, what: str) -> tuple[list
 def _formula_variables(rhs: str, columns: pd.Index, what: str) -> tuple[list[str], list[str]]:
     """Data columns a right-hand side reads (formulaic's ``required_variables`` misses the ones
     inside stateful transforms such as ``center(x)``), and names not found among them."""
+    simple = _simple_terms(rhs)
+    if simple is not None and all(v in columns for v in simple[1]):
+        return list(simple[1]), []
     try:
         terms = list(formulaic.Formula(rhs))
     except FormulaicError as exc:
@@ -924,6 +927,70 @@ def _model_matrix(rhs: str, data: pd.DataFrame, what: str,
     return values, names, mm.model_spec
 
 
+# A right-hand side of plain column names and an intercept ("1", "Days", "0 + x + z", "x - 1").
+_SIMPLE_PIECE = r"(?:[A-Za-z_][A-Za-z0-9_]*|[01])"
+_SIMPLE_RHS = re.compile(rf"\s*{_SIMPLE_PIECE}(?:\s*\+\s*{_SIMPLE_PIECE})*\s*(-\s*1\s*)?")
+
+
+def _simple_terms(rhs: str) -> tuple[bool, list[str]] | None:
+    """(has intercept, column names) of a right-hand side formulaic would read as plain
+    numeric columns, or None for anything else (calls, interactions, factors...)."""
+    m = _SIMPLE_RHS.fullmatch(rhs)
+    if m is None:
+        return None
+    body = rhs[:m.start(1)] if m.group(1) else rhs
+    pieces = [piece.strip() for piece in body.split("+")]
+    names = [piece for piece in pieces if piece not in ("0", "1")]
+    if len(set(names)) != len(names) or ("0" in pieces and "1" in pieces) or (m.group(1) and "1" in pieces):
+        return None
+    return not ("0" in pieces or m.group(1)), names
+
+
+class _DeferredSpec:
+    """formulaic's model spec of a matrix built without formulaic (:func:`_simple_model_matrix`),
+    made by formulaic from the same data only when something asks for it (prediction on new
+    data): building it costs more than a small fit."""
+
+    def __init__(self, rhs: str, data: pd.DataFrame, what: str, renames: dict[str, str] | None):
+        self._args = (rhs, data, what, renames)
+        self._spec = None
+
+    def resolve(self) -> Any:
+        if self._spec is None:
+            self._spec = _model_matrix(*self._args)[2]
+        return self._spec
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.resolve(), name)
+
+
+def resolve_spec(spec: Any) -> Any:
+    """The formulaic model spec behind a possibly deferred one."""
+    return spec.resolve() if isinstance(spec, _DeferredSpec) else spec
+
+
+def _simple_model_matrix(rhs: str, data: pd.DataFrame, what: str,
+                         renames: dict[str, str] | None = None) -> tuple[np.ndarray, list[str], Any] | None:
+    """:func:`_model_matrix` without formulaic for an intercept and plain numeric columns (the
+    common case, where formulaic's parsing and materializing dominate a small fit); None when
+    the right-hand side is anything else. Same columns, names and values as formulaic's."""
+    simple = _simple_terms(rhs)
+    if simple is None:
+        return None
+    intercept, names = simple
+    cols = []
+    for name in names:
+        if name not in data.columns or not isinstance(data[name].dtype, np.dtype) or data[name].dtype.kind not in "iuf":
+            return None
+        cols.append(data[name].to_numpy(dtype=float))
+    if intercept:
+        cols.insert(0, np.ones(len(data)))
+    values = np.column_stack(cols) if cols else np.empty((len(data), 0))
+    return values, ["(Intercept)"] * intercept + names, _DeferredSpec(rhs, data, what, renames)
+
+
 def _categorical_columns(spec: Any, columns: pd.Index) -> list[tuple[str, list]]:
     """(data column, fitted levels) of each categorical factor of a formulaic model spec
     that reads a single column (``f``, ``factor(f)``, ``C(f, ...)``)."""
@@ -957,6 +1024,7 @@ def new_model_matrix(spec: Any, newdata: pd.DataFrame, variables: list[str], flo
         For a level not in the fit, or a matrix formulaic cannot build.
     """
     data = newdata
+    spec = resolve_spec(spec)
     for expr, (kind, _) in getattr(spec, "encoder_state", {}).items():
         # A column numeric in the fit must be numeric now (formulaic would quietly re-learn it
         # as a factor, and remember that in the fit's spec).
@@ -1223,7 +1291,8 @@ def build_model(formula: str, data: pd.DataFrame, *, drop_rank_deficient: bool =
     as_factor = {v.strip("`") for v in as_factor}
     float_columns = tuple(v for v in _integer_columns(sub, model_vars) if v not in as_factor)
     frame = _promote(sub, float_columns)
-    X_full, xnames_full, fixed_spec = _model_matrix(parsed.fixed_rhs, frame, "fixed-effects matrix", renames)
+    X_full, xnames_full, fixed_spec = (_simple_model_matrix(parsed.fixed_rhs, frame, "fixed-effects matrix", renames)
+                                       or _model_matrix(parsed.fixed_rhs, frame, "fixed-effects matrix", renames))
     if X_full.shape[0] != len(sub):
         raise ValueError("the fixed-effects matrix has a different number of rows from the data")
     _check_finite_columns(X_full, xnames_full, "fixed-effects")
@@ -1247,7 +1316,9 @@ def build_model(formula: str, data: pd.DataFrame, *, drop_rank_deficient: bool =
             # Skip formulaic for the common intercept-only term (it is the slow part of tiny fits).
             Z, cnames, spec = np.ones((len(sub), 1)), ["(Intercept)"], None
         else:
-            Z, cnames, spec = _model_matrix(term.lhs, frame, f"random-effects term {term}", renames)
+            what = f"random-effects term {term}"
+            Z, cnames, spec = (_simple_model_matrix(term.lhs, frame, what, renames)
+                               or _model_matrix(term.lhs, frame, what, renames))
         if Z.shape[1] == 0:
             raise ValueError(f"random-effects term {term} has no columns")
         _check_finite_columns(Z, cnames, f"random-effects term {term}")
