@@ -102,6 +102,53 @@ def _cholesky_exact_fit(L: np.ndarray, info: int, yty: float) -> np.ndarray:
     return L
 
 
+def first_term_cholesky(T1: np.ndarray, A11: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The first term's diagonal blocks ``M_g = T1' A11_g T1 + I`` and their Cholesky factors.
+
+    A pure function of the term's relative covariance factor and any set of whole levels'
+    cross-products, so the in-memory objective and the Dask one (which maps it over
+    partitions of whole groups, :mod:`mixedmodels.distributed_lmm`) share it.
+
+    Parameters
+    ----------
+    T1 : ndarray (k, k)
+        Lower-triangular relative covariance factor.
+    A11 : ndarray (l, k, k)
+        ``Z_g' Z_g`` of each level ``g``.
+
+    Returns
+    -------
+    M, L11 : ndarray (l, k, k)
+
+    Raises
+    ------
+    numpy.linalg.LinAlgError
+        If a block is not positive definite (only through rounding: ``M_g >= I``).
+    """
+    k = T1.shape[0]
+    M = np.einsum("ji,gjk,kl->gil", T1, A11, T1) if k > 1 else A11 * T1[0, 0] ** 2
+    M = M + np.eye(k)
+    if k == 1:
+        L11 = np.sqrt(M)
+    elif k == 2:
+        L11 = _chol2(M)
+    else:
+        L11 = np.linalg.cholesky(M)
+    return M, L11
+
+
+def first_term_U(L11: np.ndarray, T1: np.ndarray, A1R: np.ndarray) -> np.ndarray:
+    """``U_g = L11_g^{-1} T1' A1R_g`` per level: ``(l, k, r)`` from ``A1R`` ``(l, k, r)``, the
+    first term's cross-products with the dense block's columns (see :func:`first_term_cholesky`).
+    Summed over levels, ``U_g' U_g`` is what the dense block's Schur complement subtracts."""
+    k = T1.shape[0]
+    if k == 1:
+        return A1R * (T1[0, 0] / L11)
+    if k == 2:
+        return _lower_solve2(L11, np.einsum("ji,gjr->gir", T1, A1R))
+    return np.linalg.solve(L11, np.einsum("ji,gjr->gir", T1, A1R))
+
+
 @dataclass
 class DevianceComponents:
     """Named pieces of the objective at one theta (lme4 keeps the same ones).
@@ -318,14 +365,7 @@ class LMMProblem:
         """
         Ts = self.split_theta(theta)
         T1 = Ts[0]
-        M = np.einsum("ji,gjk,kl->gil", T1, self.A11, T1) if self.k1 > 1 else self.A11 * T1[0, 0] ** 2
-        M = M + np.eye(self.k1)
-        if self.k1 == 1:
-            L11 = np.sqrt(M)
-        elif self.k1 == 2:
-            L11 = _chol2(M)
-        else:
-            L11 = np.linalg.cholesky(M)
+        M, L11 = first_term_cholesky(T1, self.A11)
         # Dense block: Lambda_R' A_RR Lambda_R + I on the random part.
         if self._all_scalar_rest:
             lam = np.ones(self.r)
@@ -368,12 +408,7 @@ class LMMProblem:
             S -= UtU
             U = self._sparse_U(L11, T1, Ts) if need_U else None
         else:
-            if self.k1 == 1:
-                U = self.A1R * (T1[0, 0] / L11)
-            elif self.k1 == 2:
-                U = _lower_solve2(L11, np.einsum("ji,gjr->gir", T1, self.A1R))
-            else:
-                U = np.linalg.solve(L11, np.einsum("ji,gjr->gir", T1, self.A1R))
+            U = first_term_U(L11, T1, self.A1R)
             U2 = U.reshape(self.l1 * self.k1, self.r)
             if self._all_scalar_rest:
                 U2 = U2 * lam[None, :]
@@ -389,9 +424,15 @@ class LMMProblem:
     def components(self, theta: np.ndarray) -> DevianceComponents:
         """The named pieces of the objective at theta."""
         L11, _, LRR = self.factor(theta, need_U=False)
+        return self.components_from(2.0 * np.sum(np.log(np.diagonal(L11, axis1=1, axis2=2))), LRR)
+
+    def components_from(self, ldL1: float, LRR: np.ndarray) -> DevianceComponents:
+        """The named pieces from ``log det`` of the first term's diagonal blocks (``ldL1``, a
+        sum over levels, so it can be added up over chunks of levels) and the factor ``LRR``
+        of the dense block."""
         diag = np.diagonal(LRR)
         q = self.qrest
-        ldL2 = 2.0 * np.sum(np.log(np.diagonal(L11, axis1=1, axis2=2))) + 2.0 * np.sum(np.log(diag[:q]))
+        ldL2 = ldL1 + 2.0 * np.sum(np.log(diag[:q]))
         ldRX2 = 2.0 * np.sum(np.log(diag[q:q + self.p]))
         # An exactly fitting response: pwrss is floored (see _cholesky_exact_fit) so the
         # criterion stays finite and smooth in theta; no real fit comes near the floor.
@@ -807,7 +848,8 @@ class LinearMixedModel(MixedModel):
 
 
 def lmer(formula: str, data: pd.DataFrame, reml: bool = True, *, start: np.ndarray | None = None,
-         weights: str | np.ndarray | None = None, offset: str | np.ndarray | None = None) -> LinearMixedModel:
+         weights: str | np.ndarray | None = None, offset: str | np.ndarray | None = None,
+         client=None, verbose: bool = True) -> LinearMixedModel:
     """Fit a linear mixed model by REML (default) or maximum likelihood.
 
     Parameters
@@ -815,8 +857,11 @@ def lmer(formula: str, data: pd.DataFrame, reml: bool = True, *, start: np.ndarr
     formula : str
         lme4 syntax: ``"Reaction ~ Days + (Days | Subject)"``, ``"y ~ x + (1 | a) + (1 | b)"``,
         ``"y ~ 1 + (1 | a/b)"``, ``"y ~ x + (x || g)"``...
-    data : DataFrame
+    data : DataFrame or dask.dataframe.DataFrame
         Not modified. Rows with missing values in the used columns are dropped with a warning.
+        A Dask frame is fitted out of core on a ``dask.distributed`` cluster
+        (:func:`mixedmodels.distributed_lmm.lmer_dask`; one grouping factor, any number of
+        random-effect columns; ``weights`` and ``offset`` as column names).
     reml : bool
         REML (True, lme4's default) or ML.
     start : array, optional
@@ -828,10 +873,16 @@ def lmer(formula: str, data: pd.DataFrame, reml: bool = True, *, start: np.ndarr
     offset : str or array-like, optional
         A known term added to the linear predictor (a column name or one value per row),
         besides any ``offset(...)`` in the formula (see :mod:`mixedmodels.offsets`).
+    client : dask.distributed.Client or str, optional
+        For a Dask frame: the cluster (default: the current client, else a local one; see
+        :func:`mixedmodels.distributed.get_client`). Ignored for a pandas frame.
+    verbose : bool
+        For a Dask frame: a progress bar over objective evaluations.
 
     Returns
     -------
     LinearMixedModel
+        For a Dask frame, a :class:`mixedmodels.distributed_lmm.DaskLinearMixedModel`.
 
     Raises
     ------
@@ -843,9 +894,13 @@ def lmer(formula: str, data: pd.DataFrame, reml: bool = True, *, start: np.ndarr
     if not isinstance(reml, (bool, np.bool_)):
         raise ValueError(f"reml must be True or False, got {reml!r}")
     if data.__class__.__module__.startswith("dask"):
-        raise ValueError("lmer does not fit Dask frames yet (glmer does, for one grouping factor "
-                         "with a scalar random effect): compute() the frame into pandas if it "
-                         "fits in memory")
+        from .distributed_lmm import lmer_dask
+
+        fit = lmer_dask(formula, data, bool(reml), start=start, weights=weights, offset=offset,
+                        client=client, verbose=verbose)
+        fit.call = {"fitter": "lmer", "args": {"formula": formula, "data": data, "reml": reml,
+                                               "weights": weights, "offset": offset}}
+        return fit
     _validate.check_dataframe(data, allow_empty=False)
     # Per-row arguments: a Series is matched by index; a row missing one is dropped (warned).
     w_rows, o_rows = row_argument(weights, data, "weights"), row_argument(offset, data, "offset")
