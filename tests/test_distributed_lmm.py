@@ -116,8 +116,7 @@ def _assert_same_fit(fit, ref):
     assert fit.converged == ref.converged and fit.singular == ref.singular
 
 
-@pytest.mark.parametrize("npartitions", [1, 2, 4])
-@pytest.mark.parametrize("reml", [True, False])
+@pytest.mark.parametrize("npartitions, reml", [(1, True), (2, False), (4, True)])
 def test_sleepstudy_processes(processes, sleep, npartitions, reml):
     ref = mm.lmer(SLEEP, sleep, reml=reml)
     # Rows in random order: with several partitions each subject's rows are spread out.
@@ -162,9 +161,9 @@ def test_simulated_weights_offset_text_covariate(threads, sim, npartitions):
     np.testing.assert_allclose(got.sort_index(), ref.predict(new).sort_index(), rtol=1e-9)
 
 
-@pytest.mark.parametrize("formula", ["y ~ x + (x || g)", "y ~ x + (1 | g) + (0 + z | g)",
-                                     "y ~ x + offset(o) + (1 | g)"])
-@pytest.mark.parametrize("reml", [True, False])
+@pytest.mark.parametrize("formula, reml", [("y ~ x + (x || g)", True),
+                                           ("y ~ x + (1 | g) + (0 + z | g)", False),
+                                           ("y ~ x + offset(o) + (1 | g)", True)])
 def test_one_factor_several_terms(threads, sim, formula, reml):
     ref = mm.lmer(formula, sim, reml=reml)
     fit = _quiet(mm.lmer, formula, _ddf(sim, 2), reml=reml, client=threads, verbose=False)
@@ -176,11 +175,12 @@ def test_one_factor_several_terms(threads, sim, formula, reml):
 
 
 def test_profile_intervals(threads, sleep):
-    """Profile intervals run on the workers' blocks (a REML fit is refitted by ML on them)."""
+    """Profile intervals run on the workers' blocks (a REML fit is refitted by ML on them;
+    every profile point is a round trip to the cluster, so one parameter here)."""
     f = "Reaction ~ Days + (1 | Subject)"
     ref = mm.lmer(f, sleep)
     fit = _quiet(mm.lmer, f, _ddf(sleep, 2), client=threads, verbose=False)
-    np.testing.assert_allclose(fit.confint(), ref.confint(), rtol=1e-4)
+    np.testing.assert_allclose(fit.confint(parm="sigma"), ref.confint(parm="sigma"), rtol=1e-6)
 
 
 def test_in_memory_fit_moves_as_far_when_rows_are_permuted(sleep):
