@@ -55,7 +55,7 @@ from .blas import single_thread_blas
 from .distributed import DistributedFitError, _part_keys, _rank_of, get_client
 from .formula import (ModelStructure, ReTerm, _drop_dependent_columns, _label, _lhs_variables,
                       _formula_variables, build_model, evaluate_response, new_model_matrix,
-                      parse_formula)
+                      parse_formula, resolve_spec)
 from .lmm import (EXACT_FIT_FLOOR, LinearMixedModel, LMMProblem, _cholesky_exact_fit,
                   first_term_cholesky, first_term_U, optimize_theta)
 from .offsets import new_offset
@@ -449,7 +449,9 @@ def _template(formula: str, sample: pd.DataFrame, group: str, weights, offset) -
         ms = build_model(formula, sample)
         if weights is not None or offset is not None:
             ms = attach_weights(attach_offset(ms, offset, sample), None, sample)
-    return ms
+    # The model specs themselves (not deferred ones holding the sample): the workers apply them.
+    terms = [dataclasses.replace(t, model_spec=resolve_spec(t.model_spec)) for t in ms.reterms]
+    return dataclasses.replace(ms, fixed_spec=resolve_spec(ms.fixed_spec), reterms=terms)
 
 
 def _full_names(ms: ModelStructure) -> list[str]:
