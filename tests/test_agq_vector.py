@@ -150,6 +150,22 @@ def test_one_point_equals_laplace_three_columns():
     assert obj.evaluate(x, gradient=False)[0] == pytest.approx(ll_lap, abs=1e-8)
 
 
+def test_factor_double_bar_block_stays_correlated():
+    # (0 + f || g) with a factor: lme4 keeps the factor's block one correlated term (3
+    # parameters for 2 levels); the vector kernel reads the same layout, so nagq = 1 equals
+    # the Laplace objective and a fit with more points has lme4's 3 parameters.
+    d, *_ = slopes_data()
+    d = d.assign(f=np.where(d["x"].to_numpy() > 0, "hi", "lo"))
+    frame = glmer_frame("y ~ 1 + (0 + f || g)", d, binomial())
+    assert frame.layout.names == ["sd_fhi|g", "cor_flo.fhi|g", "sd_flo|g"]
+    x = np.array([-0.2, 0.9, 0.3, 0.6])
+    ll_lap = LaplaceObjective(frame).evaluate(x, gradient=False)[0]
+    obj = VectorObjective(frame, 1)
+    np.testing.assert_allclose(obj.T(x[1:]), [[0.9, 0.0], [0.3, 0.6]])
+    assert obj.evaluate(x, gradient=False)[0] == pytest.approx(ll_lap, abs=1e-8)
+    assert VectorObjective(frame, 5).lower().tolist() == [-np.inf, 0.0, -np.inf, 0.0]
+
+
 def test_converges_to_brute_force_2d():
     _, X, Z, y, m, codes = slopes_data()
     fam = Binomial()

@@ -482,8 +482,10 @@ _CELLS = 3_000_000
 class VectorObjective:
     """Log-likelihood of a model with one grouping factor and 2-3 random effects, by AGQ.
 
-    Parameters are ``(beta, theta)``, ``theta`` in lme4's layout: each term's lower-triangular
-    factor, column-wise (one entry per column for the pieces of a ``||`` term). The terms are
+    Parameters are ``(beta, theta)``, ``theta`` in lme4's layout
+    (:class:`~mixedmodels.covariance.CovarianceLayout`): each term's lower-triangular
+    factor, column-wise (a ``||`` term's pieces are separate terms; a factor's block is one
+    correlated term, as lme4's). The terms are
     stacked into one ``k x k`` block ``T`` per group. Same interface as the scalar objective:
     :meth:`evaluate`, :meth:`modes`, :meth:`lower`, :meth:`reset`.
 
@@ -506,21 +508,12 @@ class VectorObjective:
         self.p = ms.p
         self.k = sum(t.k for t in terms)
         col0 = np.cumsum([0] + [t.k for t in terms])[:-1]
-        th_index, th_pos, th_lower = [], [], []
-        for ti, t in enumerate(terms):
-            for b in range(t.k):            # column-wise lower triangle, lme4's order
-                for a in range(b, t.k):
-                    if not t.correlated and a != b:
-                        continue
-                    th_index.append((ti, a, b))
-                    th_pos.append((col0[ti] + a, col0[ti] + b))
-                    th_lower.append(0.0 if a == b else -np.inf)
-        self.th_index = th_index
-        self._rows = np.array([r for r, _ in th_pos], dtype=int)
-        self._cols = np.array([c for _, c in th_pos], dtype=int)
+        # theta's layout (lme4's order) from its one owner, mixedmodels.covariance; each theta
+        # entry's place in the stacked k x k factor of the one grouping factor.
+        self.layout = frame.layout
+        self._rows, self._cols = self.layout.stacked_index()
         self._col0 = col0
-        self._th_lower = np.array(th_lower)
-        self.ntheta = len(th_index)
+        self.ntheta = self.layout.ntheta
         self.nparams = self.p + self.ntheta
         self.ngroups = terms[0].nlevels
         n = frame.n
@@ -542,13 +535,9 @@ class VectorObjective:
         T[self._rows, self._cols] = theta
         return T
 
-    def _T(self, theta: np.ndarray, ti: int) -> np.ndarray:
-        """Term ``ti``'s own factor (the result object's view, as the Laplace objective's)."""
-        c0, kt = self._col0[ti], self.terms[ti].k
-        return self.T(theta)[c0:c0 + kt, c0:c0 + kt]
-
     def lower(self) -> np.ndarray:
-        return np.concatenate([np.full(self.p, -np.inf), self._th_lower])
+        """Lower bounds of ``(beta, theta)`` (0 for the factors' diagonals)."""
+        return np.concatenate([np.full(self.p, -np.inf), self.layout.lower])
 
     def reset(self) -> None:
         """Forget the warm starts (after a failed evaluation)."""

@@ -18,6 +18,9 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from . import _validate
+from .summary import percent_labels
+
 __all__ = ["simulate", "bootstrap", "bootstrap_confint", "parameter_vector"]
 
 #: Show a progress bar (``progress=None``) when the bootstrap is expected to take longer.
@@ -30,23 +33,9 @@ def _is_glmm(fit) -> bool:
 
 def term_covariances(fit) -> list[np.ndarray]:
     """Each random-effect term's covariance matrix (k x k, absolute scale), in
-    ``fit.model.reterms`` order, read off ``fit.varcorr()`` (per term: the variances, then the
-    covariances column by column)."""
-    vc = fit.varcorr()
-    vc = vc[vc["group"] != "Residual"].reset_index(drop=True)
-    out, pos = [], 0
-    for t in fit.model.reterms:
-        k = t.k
-        S = np.zeros((k, k))
-        for i in range(k):
-            S[i, i] = vc.loc[pos + i, "vcov"]
-        pos += k
-        for j in range(k):
-            for i in range(j + 1, k):
-                S[i, j] = S[j, i] = vc.loc[pos, "vcov"]
-                pos += 1
-        out.append(S)
-    return out
+    ``fit.model.reterms`` order (the fit's :class:`~mixedmodels.covariance.CovarianceLayout`)."""
+    sigma = fit._scale()
+    return fit.layout.covariances(fit.theta, 1.0 if sigma is None else sigma)
 
 
 def _sqrt_psd(S: np.ndarray) -> np.ndarray:
@@ -122,36 +111,26 @@ def parameter_vector(fit) -> pd.Series:
     """The estimates in ``confint``'s order and names: variance parameters (lme4's
     ``sd_(Intercept)|g``, ``cor_x.(Intercept)|g``, ``sigma``; a dispersion parameter where the
     family has one), then the fixed effects."""
-    vals = {}
-    for _, r in fit.varcorr().iterrows():
-        if r["group"] == "Residual":
-            vals["sigma"] = r["sdcor"]
-        elif r["var2"] is None or (isinstance(r["var2"], float) and np.isnan(r["var2"])):
-            vals[f"sd_{r['var1']}|{_base_group(r['group'], fit)}"] = r["sdcor"]
-        else:
-            vals[f"cor_{r['var2']}.{r['var1']}|{_base_group(r['group'], fit)}"] = r["sdcor"]
-    names = list(fit.parameter_names()) if hasattr(fit, "parameter_names") else list(vals)
+    sigma = fit._scale()
+    # A correlation of a zero SD is undefined (NaN, as lme4's bootstrap gets it); the
+    # percentile intervals skip it.
+    vals = list(fit.layout.sdcor(fit.theta, 1.0 if sigma is None else sigma, undefined=np.nan))
+    names = list(fit.layout.names)
+    if sigma is not None:
+        names.append("sigma")
+        vals.append(sigma)
     disp = getattr(fit, "dispersion", None)
-    out = {nm: vals.get(nm, np.nan) for nm in names}
-    if disp is not None and glmm_dispersion_name(fit) not in out:
-        out[glmm_dispersion_name(fit)] = float(disp)
-    for nm, v in fit.fixef.items():
-        out[nm] = float(v)
-    return pd.Series(out, dtype=float)
+    if disp is not None:
+        names.append(glmm_dispersion_name(fit))
+        vals.append(disp)
+    names += list(fit.fixef.index)
+    vals += list(fit.fixef.to_numpy())
+    return pd.Series(np.asarray(vals, dtype=float), index=names)
 
 
 def glmm_dispersion_name(fit) -> str:
+    """The name of a GLMM family's dispersion parameter (Gamma: shape; NB: theta)."""
     return getattr(fit.family, "dispersion_name", "dispersion")
-
-
-def _base_group(group: str, fit) -> str:
-    # lmer's varcorr makes repeated grouping names unique (Subject, Subject.1); confint's
-    # names use the factor itself.
-    groups = {t.group for t in fit.model.reterms}
-    if group in groups:
-        return group
-    stem = group.rsplit(".", 1)[0]
-    return stem if stem in groups else group
 
 
 def bootstrap(fit, nsim: int = 500, seed: int | np.random.Generator | None = None,
@@ -239,11 +218,10 @@ def bootstrap_confint(fit, level: float = 0.95, nsim: int = 500,
     DataFrame
         Rows named as ``fit.confint()``'s, columns like ``"2.5 %"`` and ``"97.5 %"``.
     """
-    if not (isinstance(level, (int, float)) and 0 < level < 1):
-        raise ValueError(f"`level` must be strictly between 0 and 1, got {level!r}")
+    _validate.check_level(level)
     reps = bootstrap(fit, nsim=nsim, seed=seed, progress=progress)
     a = (1 - level) / 2
-    cols = [f"{100 * a:.3g} %", f"{100 * (1 - a):.3g} %"]
+    cols = percent_labels(level)
     lo = reps.quantile(a, interpolation="linear")
     hi = reps.quantile(1 - a, interpolation="linear")
     out = pd.DataFrame({cols[0]: lo, cols[1]: hi})

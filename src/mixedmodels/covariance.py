@@ -114,6 +114,9 @@ class CovarianceLayout:
         Which entries are diagonal (standard deviations on the sd/cor scale).
     names : list of str
         lme4's ``oldNames = FALSE`` names of the sd/cor parameters, in theta order.
+    theta_names : list of str
+        lme4's names of theta itself (``getME(fit, "theta")``: ``Subject.(Intercept)``,
+        ``Subject.Days.(Intercept)``), the order of ``start=``.
     kinds : list of {"sd", "cor"}
     """
 
@@ -124,7 +127,7 @@ class CovarianceLayout:
         self.ks = [len(c) for c in self.cnames]
         self.entries: list[ThetaEntry] = []
         self.offsets: list[int] = []
-        names, kinds = [], []
+        names, kinds, theta_names = [], [], []
         for ti, (g, cn, k) in enumerate(zip(self.groups, self.cnames, self.ks)):
             self.offsets.append(len(self.entries))
             for i, j in zip(*tril_index(k)):
@@ -132,17 +135,20 @@ class CovarianceLayout:
                 if i == j:
                     names.append(f"sd_{cn[i]}|{g}")
                     kinds.append("sd")
+                    theta_names.append(f"{g}.{cn[i]}")
                 else:
                     names.append(f"cor_{cn[i]}.{cn[j]}|{g}")
                     kinds.append("cor")
+                    theta_names.append(f"{g}.{cn[i]}.{cn[j]}")
         self.ntheta = len(self.entries)
-        self.names, self.kinds = names, kinds
+        self.names, self.kinds, self.theta_names = names, kinds, theta_names
         self.diagonal = np.array([e.diagonal for e in self.entries], dtype=bool)
         self.lower = np.where(self.diagonal, 0.0, -np.inf)
         self._rows = [np.array([e.row for e in self.entries if e.term == ti], dtype=int)
                       for ti in range(len(self.ks))]
         self._cols = [np.array([e.col for e in self.entries if e.term == ti], dtype=int)
                       for ti in range(len(self.ks))]
+        self._slices = [slice(o, o + len(r)) for o, r in zip(self.offsets, self._rows)]
 
     def __len__(self) -> int:
         return self.ntheta
@@ -156,7 +162,7 @@ class CovarianceLayout:
 
     def term_slice(self, ti: int) -> slice:
         """Positions of term ``ti``'s entries in theta."""
-        return slice(self.offsets[ti], self.offsets[ti] + len(self._rows[ti]))
+        return self._slices[ti]
 
     def start(self) -> np.ndarray:
         """lme4's default start: 1 on the diagonals, 0 elsewhere."""
@@ -165,14 +171,33 @@ class CovarianceLayout:
     # ---- theta <-> factors ----------------------------------------------------------------
 
     def factors(self, theta: np.ndarray) -> list[np.ndarray]:
-        """The lower-triangular factor ``T`` of each term."""
+        """The lower-triangular factor ``T`` (``k x k``) of each term, in term order.
+
+        Raises
+        ------
+        ValueError
+            If ``theta`` does not have :attr:`ntheta` entries.
+        """
         theta = self._check(theta)
         out = []
-        for ti, k in enumerate(self.ks):
+        # Called at every evaluation of the LMM objective and the GLMM's Laplace: kept lean.
+        for k, ri, ci, sl in zip(self.ks, self._rows, self._cols, self._slices):
             T = np.zeros((k, k))
-            T[self._rows[ti], self._cols[ti]] = theta[self.term_slice(ti)]
+            T[ri, ci] = theta[sl]
             out.append(T)
         return out
+
+    def stacked_index(self) -> tuple[np.ndarray, np.ndarray]:
+        """Row and column of each theta entry in the block-diagonal stack of the factors.
+
+        For random-effect terms that share one grouping factor, the stack (``sum(ks)`` square)
+        is the factor of the grouping factor's whole covariance block (used by the vector
+        quadrature kernel, :mod:`mixedmodels.agq_vector`).
+        """
+        col0 = np.concatenate([[0], np.cumsum(self.ks)[:-1]]).astype(int) if self.ks else []
+        rows = np.array([col0[e.term] + e.row for e in self.entries], dtype=int)
+        cols = np.array([col0[e.term] + e.col for e in self.entries], dtype=int)
+        return rows, cols
 
     def factor(self, theta: np.ndarray, ti: int) -> np.ndarray:
         """Term ``ti``'s factor ``T``."""
@@ -207,10 +232,17 @@ class CovarianceLayout:
 
     # ---- theta <-> standard deviations and correlations ------------------------------------
 
-    def sdcor(self, theta: np.ndarray, sigma: float = 1.0) -> np.ndarray:
+    def sdcor(self, theta: np.ndarray, sigma: float = 1.0, undefined: float = 0.0) -> np.ndarray:
         """Standard deviations and correlations, in theta order (lme4's profile scale).
 
-        A correlation involving a zero standard deviation is reported as 0.
+        Parameters
+        ----------
+        theta : ndarray (ntheta,)
+        sigma : float
+            The residual SD of an LMM (1 for a GLMM without a scale parameter).
+        undefined : float
+            The value of a correlation involving a zero standard deviation: 0 (the default,
+            a point the profiler can move from) or NaN (as R's ``VarCorr`` reports it).
         """
         out = np.empty(self.ntheta)
         for ti, S in enumerate(self.covariances(theta, sigma)):
@@ -220,7 +252,7 @@ class CovarianceLayout:
                 if i == j:
                     out[pos] = sd[i]
                 else:
-                    out[pos] = S[i, j] / (sd[i] * sd[j]) if sd[i] * sd[j] > 0 else 0.0
+                    out[pos] = S[i, j] / (sd[i] * sd[j]) if sd[i] * sd[j] > 0 else undefined
         return out
 
     def theta_from_sdcor(self, sdcor: np.ndarray, sigma: float = 1.0) -> np.ndarray:

@@ -415,11 +415,6 @@ class ReTerm:
         """Number of random effects in the term (``k * nlevels``)."""
         return self.k * self.nlevels
 
-    @property
-    def ntheta(self) -> int:
-        """Number of covariance parameters (lower triangle of a ``k x k`` factor)."""
-        return self.k * (self.k + 1) // 2
-
     def new_codes(self, data: pd.DataFrame, allow_new_levels: bool = False) -> np.ndarray:
         """Level indices of the rows of ``data``, for prediction.
 

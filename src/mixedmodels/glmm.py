@@ -37,6 +37,7 @@ from . import _validate
 from .agq_vector import VectorObjective, check_points, vector_agq_applies
 # One BLAS thread while fitting: a busy 2-core machine makes threaded BLAS crawl.
 from .blas import single_thread_blas
+from .covariance import CovarianceLayout
 from .families import Family
 from .dispersion import with_dispersion
 from .glmm_frame import GlmerFrame, glmer_frame
@@ -197,11 +198,7 @@ def start_names(ms, family=None) -> list[str]:
     """The order of ``glmer(start=...)``: the fixed effects, then theta term by term (each
     term's lower-triangular factor column by column, named as lme4's ``getME(fit, "theta")``),
     then ``log(dispersion)`` for a family that has one."""
-    names = list(ms.xnames)
-    for t in ms.reterms:
-        for j in range(t.k):
-            for i in range(j, t.k):
-                names.append(f"{t.group}.{t.cnames[i]}" if i == j else f"{t.group}.{t.cnames[i]}.{t.cnames[j]}")
+    names = list(ms.xnames) + CovarianceLayout(ms.reterms).theta_names
     if family is not None and getattr(family, "has_dispersion", False):
         names.append("log(dispersion)")
     return names

@@ -148,7 +148,8 @@ class ScalarObjective:
 
     # ---- evaluation -------------------------------------------------------------------
     def lower(self) -> np.ndarray:
-        return np.concatenate([np.full(self.p, -np.inf), [0.0]])
+        """Lower bounds of ``(beta, theta)`` (theta's from the frame's covariance layout)."""
+        return np.concatenate([np.full(self.p, -np.inf), self.frame.layout.lower])
 
     def reset(self) -> None:
         """Forget the warm starts (after a failed evaluation)."""

@@ -67,14 +67,11 @@ class LaplaceObjective:
             offs.append(q)
             q += t.q
         # theta's layout (lme4's order) from its one owner, mixedmodels.covariance.
-        th_index = [(e.term, e.row, e.col) for e in frame.layout.entries]
-        th_lower = frame.layout.lower
+        self.layout = frame.layout
         self.q = q
         self.offs = offs
-        self.th_index = th_index
-        self.ntheta = len(th_index)
+        self.ntheta = self.layout.ntheta
         self.nparams = self.p + self.ntheta
-        self._th_lower = np.array(th_lower)
         self.blocks = WeightedBlocks(self.terms)
         self.u = np.zeros(q)
         self._F = None  # the factor at the kept modes: the next PIRLS's first steps reuse it
@@ -83,15 +80,12 @@ class LaplaceObjective:
 
     def lower(self) -> np.ndarray:
         """Lower bounds of ``(beta, theta)`` (0 for the factors' diagonals)."""
-        return np.concatenate([np.full(self.p, -np.inf), self._th_lower])
+        return np.concatenate([np.full(self.p, -np.inf), self.layout.lower])
 
     def reset(self) -> None:
         """Forget the warm start (after a failed evaluation)."""
         self.u = np.zeros(self.q)
         self._F = None
-
-    def _Ts(self, theta: np.ndarray) -> list[np.ndarray]:
-        return [self._T(theta, ti) for ti in range(len(self.terms))]
 
     def _pirls(self, eta0, z1, zr, u0, F0=None):
         """Conditional mode of ``u`` by Newton steps with step halving; returns ``u``, the
@@ -172,7 +166,7 @@ class LaplaceObjective:
         B = self.blocks
         X = self.frame.ms.X
         eta0 = X @ beta if self.frame.ms.offset is None else X @ beta + self.frame.ms.offset
-        Ts = self._Ts(theta)
+        Ts = self.layout.factors(theta)
         z1, zr = B.ztilde(Ts)
         u, eta, F = self._pirls(eta0, z1, zr, self.u, self._F)
         if keep:
@@ -202,7 +196,8 @@ class LaplaceObjective:
         g_beta = X.T @ (d1 + 0.5 * (v - W * Zs))
         g_theta = np.empty(self.ntheta)
         slot_of = {ts: i for i, ts in enumerate(B.slots)}
-        for r, (ti, a, b) in enumerate(self.th_index):
+        for r, e in enumerate(self.layout.entries):
+            ti, a, b = e.term, e.row, e.col
             t = self.terms[ti]
             za = t.Z[:, a]
             col = self.offs[ti] + t.codes * t.k + b
@@ -241,11 +236,3 @@ class LaplaceObjective:
             sds = np.sqrt(np.einsum("ij,gjk,ik->gi", T, V, T))
             out.append((b, sds))
         return out
-
-    def _T(self, theta, ti):
-        k = self.terms[ti].k
-        T = np.zeros((k, k))
-        for r, (tj, a, b) in enumerate(self.th_index):
-            if tj == ti:
-                T[a, b] = theta[r]
-        return T

@@ -37,12 +37,12 @@ from scipy import optimize
 from . import _validate
 from .blas import single_thread_blas
 from .boundary import probe_inside
-from .covariance import CovarianceLayout, tril_index as _tril_index
+from .covariance import CovarianceLayout
 from .formula import ModelStructure, ReTerm, build_model, row_argument
 from .mixedmodel import MixedModel
 from .offsets import attach_offset, new_offset
 from .weights import attach_weights, working_model
-from .results import ConvergenceWarning, OptSummary, check_convergence, theta_lower_bounds
+from .results import ConvergenceWarning, OptSummary, check_convergence
 from .summary import ModelSummary, random_effects_table, residual_quantiles
 
 __all__ = ["lmer", "LinearMixedModel", "LMMProblem", "deviance_function", "optimize_theta"]
@@ -204,10 +204,11 @@ class LMMProblem:
         rest = self.terms[1:]
         self.qrest = sum(t.q for t in rest)
         self.r = self.qrest + self.p + 1  # columns of the dense block: other terms, X, y
-        self._tril = [_tril_index(t.k) for t in self.terms]
-        self.ntheta = sum(t.ntheta for t in self.terms)
-        self.lower = theta_lower_bounds([t.k for t in self.terms])
-        self.theta0 = np.where(np.isfinite(self.lower), 1.0, 0.0)
+        # theta's positions, bounds and start: from its one owner, mixedmodels.covariance.
+        self.layout = CovarianceLayout(self.terms)
+        self.ntheta = self.layout.ntheta
+        self.lower = self.layout.lower
+        self.theta0 = self.layout.start()
 
         # First term's diagonal block: one k1 x k1 cross-product per level.
         Z1 = t1.Z
@@ -304,15 +305,8 @@ class LMMProblem:
     # ---- theta <-> Lambda ------------------------------------------------------------
 
     def split_theta(self, theta: np.ndarray) -> list[np.ndarray]:
-        """The lower-triangular relative covariance factor T of each term."""
-        theta = np.asarray(theta, dtype=float)
-        out, pos = [], 0
-        for t, (ri, ci) in zip(self.terms, self._tril):
-            T = np.zeros((t.k, t.k))
-            T[ri, ci] = theta[pos:pos + len(ri)]
-            pos += len(ri)
-            out.append(T)
-        return out
+        """The lower-triangular relative covariance factor T of each term (the layout's)."""
+        return self.layout.factors(theta)
 
     def _lambda_rest_dense(self, M: np.ndarray, Ts: list[np.ndarray], side: str) -> np.ndarray:
         """M @ Lambda_R (side='right', M has r columns) on the dense block."""

@@ -14,7 +14,7 @@ import numpy as np
 
 from .boundary import probe_directions, probe_inside
 
-__all__ = ["ConvergenceWarning", "OptSummary", "check_convergence", "theta_lower_bounds"]
+__all__ = ["ConvergenceWarning", "OptSummary", "check_convergence"]
 
 
 class ConvergenceWarning(UserWarning):
@@ -90,16 +90,6 @@ class OptSummary:
             f"evaluations: {self.evaluations}; {self.seconds * 1000:.1f} ms; optimizer says: {self.return_message}\n"
             f"convergence: {self.convergence_message}"
         )
-
-
-def theta_lower_bounds(ks: list[int]) -> np.ndarray:
-    """Lower bounds of theta for terms with ``k`` columns each: 0 on diagonals, -inf elsewhere."""
-    lower = []
-    for k in ks:
-        for j in range(k):
-            for i in range(j, k):
-                lower.append(0.0 if i == j else -np.inf)
-    return np.array(lower)
 
 
 def check_convergence(
