@@ -285,11 +285,24 @@ def test_layout_is_built_once_from_terms():
 
 
 def test_optsum_reads_the_same_on_both():
+    from mixedmodels.glmm import GlmerOptSummary
+    from mixedmodels.results import OptSummary
+
     lmm, glmm = fits("scalar")
+    assert GlmerOptSummary is OptSummary and glmm.opt is glmm.optsum
     for fit in (lmm, glmm):
         o = fit.optsum
-        assert o.evaluations == o.nevals > 0
+        assert type(o) is OptSummary
+        # lme4's names, and the two records' older names for the same things
+        assert o.feval == o.evaluations == o.nevals > 0
         assert o.message == o.return_message
-        assert np.isfinite(o.final_objective) and isinstance(o.converged, bool)
-        assert "convergence" in str(o)
-    assert glmm.optsum.final_objective == pytest.approx(-2 * glmm.loglik)
+        assert o.fval == o.final_objective and np.isfinite(o.fval)
+        assert o.par is o.final and o.conv == (0 if o.converged else 1)
+        assert isinstance(o.converged, bool) and "convergence" in str(o)
+    assert glmm.optsum.fval == pytest.approx(-2 * glmm.loglik)
+    assert glmm.optsum.loglik == pytest.approx(glmm.loglik)
+    assert lmm.optsum.fval == pytest.approx(lmm.deviance)
+    assert lmm.optsum.loglik == pytest.approx(lmm.loglik)
+    assert lmm.optsum.finitial >= lmm.optsum.fval and len(lmm.optsum.lower) == len(lmm.theta)
+    with pytest.raises(TypeError, match="fevals"):
+        OptSummary("x", fevals=3)

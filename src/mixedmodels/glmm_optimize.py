@@ -1,17 +1,16 @@
 """Stages 3-4 of ``glmer``: maximize the log-likelihood (BHHH or BFGS, then Newton steps on a
 finite-difference Hessian of the analytic gradient) and check the optimum (gradient, Newton
-decrement, curvature). :class:`GlmerOptSummary` is the optimizer's record.
+decrement, curvature), recorded in an :class:`~mixedmodels.results.OptSummary`.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 import scipy.optimize as sopt
 
 from .boundary import probe_inside
 from .glmm_objective import ScalarObjective
+from .results import OptSummary
 
 __all__ = ["GlmerOptSummary", "optimize_glmer", "check_optimum"]
 
@@ -20,70 +19,9 @@ __all__ = ["GlmerOptSummary", "optimize_glmer", "check_optimum"]
 NEWTON_DONE = 1e-12
 
 
-@dataclass
-class GlmerOptSummary:
-    """What the optimizer did (like MixedModels.jl's ``OptSummary``).
-
-    Attributes
-    ----------
-    initial, final : ndarray
-        Parameters ``(beta, theta)`` at start and end.
-    loglik : float
-        Final log-likelihood.
-    optimizer : str
-    nevals : int
-        Objective evaluations.
-    newton_steps : int
-        Newton polishing steps taken after the quasi-Newton phase.
-    message : str
-        The optimizer's return message.
-    gradient : ndarray
-        Gradient of the log-likelihood at the end.
-    hessian : ndarray
-        Negative Hessian of the log-likelihood (finite differences of the analytic gradient).
-    newton_decrement : float
-        ``g' H^-1 g / 2``: the log-likelihood a further Newton step would gain.
-    converged : bool
-    convergence_message : str
-    """
-
-    initial: np.ndarray
-    final: np.ndarray
-    loglik: float
-    optimizer: str
-    nevals: int
-    newton_steps: int
-    message: str
-    gradient: np.ndarray | None = None
-    hessian: np.ndarray | None = None
-    newton_decrement: float = np.nan
-    converged: bool = False
-    convergence_message: str = ""
-
-    # The LMM's OptSummary names for the same things, so code reading ``fit.optsum`` works on
-    # both kinds of fit.
-    @property
-    def evaluations(self) -> int:
-        """Objective evaluations (``nevals``)."""
-        return self.nevals
-
-    @property
-    def return_message(self) -> str:
-        """The optimizer's message (``message``)."""
-        return self.message
-
-    @property
-    def final_objective(self) -> float:
-        """The objective at the optimum: the deviance ``-2 loglik``."""
-        return -2.0 * float(self.loglik)
-
-    def __str__(self) -> str:
-        return (f"optimizer: {self.optimizer}\n"
-                f"final parameters: {np.array2string(np.asarray(self.final), precision=6)}  "
-                f"logLik {self.loglik:.6f}\n"
-                f"evaluations: {self.nevals}; Newton steps: {self.newton_steps}; "
-                f"optimizer says: {self.message}\n"
-                f"convergence: {self.convergence_message}")
+#: The GLMM's record is the one :class:`~mixedmodels.results.OptSummary` of both fitters; the
+#: old name stays for code that imports it.
+GlmerOptSummary = OptSummary
 
 
 def _hessian(obj, x: np.ndarray, free: np.ndarray | None = None) -> np.ndarray:
@@ -215,7 +153,7 @@ def _newton_polish(obj, x, ll, g, free, H=None, maxsteps=10, fresh=False):
 
 def optimize_glmer(obj, start: np.ndarray, fixed: dict[int, float] | None = None,
                    hessian: np.ndarray | None = None, hessian_at: np.ndarray | None = None
-                   ) -> GlmerOptSummary:
+                   ) -> OptSummary:
     """Stage 3: maximize the log-likelihood from ``start``.
 
     A quasi-Newton phase on the analytic gradient (BHHH for the scalar kernel, whose per-group
@@ -285,9 +223,9 @@ def optimize_glmer(obj, start: np.ndarray, fixed: dict[int, float] | None = None
         x, ll, g, more, H, x_H = _newton_polish(obj, x, ll, g, free)
         steps += more
         message += "; restarted off a zero standard deviation"
-    opt = GlmerOptSummary(initial=np.asarray(start, dtype=float), final=x, loglik=ll,
+    opt = OptSummary(initial=np.asarray(start, dtype=float), final=x, loglik=ll,
                      optimizer="BHHH + Newton" if message.startswith("BHHH") else "BFGS + Newton",
-                     nevals=obj.nevals - n0, newton_steps=steps,
+                     feval=obj.nevals - n0, newton_steps=steps,
                      message=message, gradient=g)
     if x_H is not None and len(free) == obj.nparams:
         opt._hessian_at = (x_H, H)
@@ -311,7 +249,7 @@ def _probe_zero_sds(obj, x: np.ndarray, ll: float, free=None) -> np.ndarray | No
     return None if better is None else better[0]
 
 
-def check_optimum(obj, opt: GlmerOptSummary, tol_decrement: float = 1e-5) -> GlmerOptSummary:
+def check_optimum(obj, opt: OptSummary, tol_decrement: float = 1e-5) -> OptSummary:
     """Stage 4: is ``opt.final`` a maximum? Fills the Hessian, decrement and verdict.
 
     The Newton decrement ``g' H^-1 g / 2`` (the log-likelihood a Newton step would still

@@ -14,9 +14,9 @@ from scipy.stats import norm
 from . import _validate
 from .glmm_frame import GlmerFrame
 from .glmm_objective import ScalarObjective
-from .glmm_optimize import GlmerOptSummary
 from .mixedmodel import MixedModel
 from .offsets import new_offset
+from .results import OptSummary
 from .summary import ModelSummary, random_effects_table, residual_quantiles
 
 __all__ = ["GeneralizedLinearMixedModel", "GlmerResult"]
@@ -64,8 +64,8 @@ class GeneralizedLinearMixedModel(MixedModel):
         Whether more points leave the log-likelihood unchanged (scalar models).
     converged : bool
     singular : bool
-    opt, optsum : GlmerOptSummary
-        The optimizer's record (both names).
+    optsum : OptSummary
+        The optimizer's record (the LMM's class and name; ``opt`` is an alias).
     layout : CovarianceLayout
         Positions, bounds and lme4's names of the covariance parameters.
     dispersion : float or None
@@ -76,9 +76,9 @@ class GeneralizedLinearMixedModel(MixedModel):
         Warnings about this fit (also printed by ``summary()``).
     """
 
-    def __init__(self, frame: GlmerFrame, obj, opt: GlmerOptSummary, nagq: int, auto=False,
+    def __init__(self, frame: GlmerFrame, obj, opt: OptSummary, nagq: int, auto=False,
                  history=None):
-        self.frame, self._obj, self.opt = frame, obj, opt
+        self.frame, self._obj, self.optsum = frame, obj, opt
         self.model = frame.ms
         self.layout = frame.layout
         self.nagq, self.auto = int(nagq), auto
@@ -198,9 +198,9 @@ class GeneralizedLinearMixedModel(MixedModel):
         raise ValueError(f"deviance residuals are not available for the {name} family")
 
     @property
-    def optsum(self) -> GlmerOptSummary:
-        """The optimizer's record (the LMM's name for it)."""
-        return self.opt
+    def opt(self) -> OptSummary:
+        """The optimizer's record: an alias of :attr:`optsum`."""
+        return self.optsum
 
     # ---- prediction ---------------------------------------------------------------------
     def _re_sd_rows(self, terms, Zs, which=None):

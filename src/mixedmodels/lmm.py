@@ -618,8 +618,8 @@ def optimize_theta(problem: LMMProblem, start: np.ndarray | None = None, method:
     problem.record_history = False
     seconds = time.perf_counter() - t0
     ok, msg, mg = check_convergence(problem, x, problem.lower)
-    return OptSummary(optimizer=label, initial=theta0, final=x, lower=problem.lower, initial_objective=f0,
-                      final_objective=fx, evaluations=evals, return_message=str(res.message), converged=ok,
+    return OptSummary(optimizer=label, initial=theta0, final=x, lower=problem.lower, finitial=f0,
+                      fval=fx, feval=evals, message=str(res.message), converged=ok,
                       convergence_message=msg, max_grad=mg, history=list(problem.history), seconds=seconds)
 
 

@@ -1,13 +1,13 @@
 """Pieces shared by fitted mixed models: optimizer metadata and the convergence check.
 
-:class:`OptSummary` is the fit's small record of how the optimizer went (like MixedModels.jl's
-``OptSummary``); :func:`check_convergence` is lme4's ``checkConv`` in spirit: finite-difference
-gradient and Hessian of the objective at the optimum, reported in plain words.
+:class:`OptSummary` is the fit's small record of how the optimizer went, one class for the LMM
+and the GLMM (like MixedModels.jl's ``OptSummary``, with lme4's field names);
+:func:`check_convergence` is lme4's ``checkConv`` in spirit: finite-difference gradient and
+Hessian of the objective at the optimum, reported in plain words.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -21,75 +21,146 @@ class ConvergenceWarning(UserWarning):
     """The optimizer's answer failed a check of the optimum (LMM and GLMM alike)."""
 
 
-@dataclass
-class OptSummary:
-    """How the optimization went.
+#: The names the two fitters' records used before they became one class, accepted by
+#: :class:`OptSummary` (as keywords and attributes) so that older code keeps working.
+_OLD_NAMES = {"evaluations": "feval", "nevals": "feval", "return_message": "message",
+              "initial_objective": "finitial", "final_objective": "fval"}
 
-    Attributes
+
+class OptSummary:
+    """How the optimization went: one record for LMM and GLMM fits (``fit.optsum``).
+
+    Named as lme4's ``optinfo`` and optimizer results (``optimizer``, ``feval``, ``fval``,
+    ``par``, ``conv``, ``message``) and MixedModels.jl's ``OptSummary`` (``initial``,
+    ``final``, ``finitial``) where they have a name for it. The older names
+    (``evaluations``/``nevals``, ``return_message``, ``initial_objective``,
+    ``final_objective``) are accepted as keywords and read as attributes.
+
+    Parameters
     ----------
     optimizer : str
-        Name of the method, e.g. ``"L-BFGS-B (scipy)"``.
-    initial : ndarray
-        Starting values of the parameters (theta for an LMM).
-    final : ndarray
-        Values at the optimum.
-    lower : ndarray
-        Lower bounds (``0`` for diagonal elements of the relative covariance factor).
-    initial_objective, final_objective : float
-        The objective (deviance or REML criterion) at start and at the optimum.
-    evaluations : int
-        Number of objective evaluations during the optimization (the convergence check's
-        extra evaluations are not counted).
-    return_message : str
+        Name of the method, e.g. ``"L-BFGS-B (scipy)"`` or ``"BHHH + Newton"``.
+    initial, final : ndarray
+        Parameters at the start and at the optimum: theta for an LMM, ``(beta, theta)`` (then
+        ``log(dispersion)`` where the family has one) for a GLMM.
+    lower : ndarray, optional
+        Lower bounds of the parameters (0 on the diagonals of the covariance factors).
+    finitial, fval : float
+        The objective at the start and at the optimum: the deviance (ML) or REML criterion of
+        an LMM, ``-2 loglik`` of a GLMM (lme4's ``fval``).
+    loglik : float, optional
+        Instead of ``fval``: the log-likelihood at the optimum (``fval = -2 loglik``).
+    feval : int
+        Objective evaluations during the optimization (lme4's ``feval``; the convergence
+        check's extra evaluations are not counted).
+    message : str
         The optimizer's own message.
     converged : bool
-        The outcome of :func:`check_convergence`.
+        The verdict of the check of the optimum (False until it has been checked).
     convergence_message : str
-        Plain-words result of the convergence check.
+        That check's result in plain words.
     max_grad : float
-        Largest scaled gradient component at the optimum (lme4's criterion).
-    history : list of (ndarray, float)
-        Every (parameters, objective) pair evaluated, in order.
+        Largest scaled gradient component at the optimum (LMM: lme4's criterion).
+    gradient, hessian : ndarray, optional
+        GLMM: gradient and negative Hessian of the log-likelihood at the optimum.
+    newton_steps : int
+        GLMM: Newton polishing steps taken after the quasi-Newton phase.
+    newton_decrement : float
+        GLMM: ``g' H^-1 g / 2``, the log-likelihood a further Newton step would gain.
+    history : list of (ndarray, float), optional
+        LMM: every (parameters, objective) pair evaluated, in order.
     seconds : float
-        Wall-clock time of the optimization.
+        Wall-clock time of the optimization (0 where not timed).
+
+    Raises
+    ------
+    TypeError
+        For a keyword that is neither a field nor one of the older names.
     """
 
-    optimizer: str
-    initial: np.ndarray
-    final: np.ndarray
-    lower: np.ndarray
-    initial_objective: float
-    final_objective: float
-    evaluations: int
-    return_message: str
-    converged: bool = True
-    convergence_message: str = ""
-    max_grad: float = 0.0
-    history: list[tuple[np.ndarray, float]] = field(default_factory=list, repr=False)
-    seconds: float = 0.0
+    def __init__(self, optimizer: str = "", initial: np.ndarray | None = None,
+                 final: np.ndarray | None = None, *, lower: np.ndarray | None = None,
+                 finitial: float = np.nan, fval: float = np.nan, loglik: float | None = None,
+                 feval: int = 0, message: str = "", converged: bool = False,
+                 convergence_message: str = "", max_grad: float = np.nan,
+                 gradient: np.ndarray | None = None, hessian: np.ndarray | None = None,
+                 newton_steps: int = 0, newton_decrement: float = np.nan,
+                 history: list | None = None, seconds: float = 0.0, **old_names) -> None:
+        given = dict(finitial=finitial, fval=fval, feval=feval, message=message)
+        for name, value in old_names.items():
+            if name not in _OLD_NAMES:
+                raise TypeError(f"OptSummary() got an unexpected keyword argument {name!r}")
+            given[_OLD_NAMES[name]] = value
+        self.optimizer = optimizer
+        self.initial = initial
+        self.final = final
+        self.lower = lower
+        self.finitial = float(given["finitial"])
+        self.fval = float(given["fval"])
+        if loglik is not None:
+            self.loglik = loglik
+        self.feval = int(given["feval"])
+        self.message = str(given["message"])
+        self.converged = bool(converged)
+        self.convergence_message = convergence_message
+        self.max_grad = float(max_grad)
+        self.gradient = gradient
+        self.hessian = hessian
+        self.newton_steps = int(newton_steps)
+        self.newton_decrement = newton_decrement
+        self.history = [] if history is None else history
+        self.seconds = float(seconds)
 
-    # The GLMM record's names for the same things (GlmerOptSummary), so code reading
-    # ``fit.optsum`` works on both kinds of fit.
-    @property
-    def nevals(self) -> int:
-        """Objective evaluations (``evaluations``)."""
-        return self.evaluations
+    # ---- derived and older names ------------------------------------------------------------
 
     @property
-    def message(self) -> str:
-        """The optimizer's message (``return_message``)."""
-        return self.return_message
+    def loglik(self) -> float:
+        """``-fval / 2``: the log-likelihood at the optimum (an LMM fitted by REML: the REML
+        criterion's, as lme4's ``logLik``)."""
+        return -0.5 * self.fval
+
+    @loglik.setter
+    def loglik(self, value: float) -> None:
+        self.fval = -2.0 * float(value)
+
+    @property
+    def par(self) -> np.ndarray:
+        """The parameters at the optimum (``final``; lme4's optimizer result ``par``)."""
+        return self.final
+
+    @property
+    def conv(self) -> int:
+        """lme4's convergence code: 0 when the optimum passed the check, 1 otherwise."""
+        return 0 if self.converged else 1
+
+    def __getattr__(self, name: str):
+        # Only called for names not found the ordinary way: the older names.
+        if name in _OLD_NAMES:
+            return getattr(self, _OLD_NAMES[name])
+        raise AttributeError(f"'OptSummary' object has no attribute {name!r}")
+
+    # ---- display ----------------------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        return (f"OptSummary(optimizer={self.optimizer!r}, feval={self.feval}, "
+                f"fval={self.fval:.6f}, converged={self.converged})")
 
     def __str__(self) -> str:
-        return (
-            f"optimizer: {self.optimizer}\n"
-            f"initial parameters: {np.array2string(np.asarray(self.initial), precision=6)}  "
-            f"objective {self.initial_objective:.6f}\n"
-            f"final parameters:   {np.array2string(np.asarray(self.final), precision=6)}  "
-            f"objective {self.final_objective:.6f}\n"
-            f"evaluations: {self.evaluations}; {self.seconds * 1000:.1f} ms; optimizer says: {self.return_message}\n"
-            f"convergence: {self.convergence_message}"
-        )
+        def vec(x):
+            return np.array2string(np.asarray(x, dtype=float), precision=6)
+
+        lines = [f"optimizer: {self.optimizer}"]
+        if self.initial is not None:
+            start = f"initial parameters: {vec(self.initial)}"
+            lines.append(start + (f"  objective {self.finitial:.6f}"
+                                  if np.isfinite(self.finitial) else ""))
+        lines.append(f"final parameters:   {vec(self.final)}  objective {self.fval:.6f} "
+                     f"(logLik {self.loglik:.6f})")
+        more = f"; Newton steps: {self.newton_steps}" if self.newton_steps else ""
+        timing = f"; {self.seconds * 1000:.1f} ms" if self.seconds else ""
+        lines.append(f"evaluations: {self.feval}{more}{timing}; optimizer says: {self.message}")
+        lines.append(f"convergence: {self.convergence_message}")
+        return "\n".join(lines)
 
 
 def check_convergence(
