@@ -1,29 +1,18 @@
 """The methods every fit has (LMM and GLMM alike) are the module functions, and
 confint(method="boot") is the parametric bootstrap's percentile interval."""
 
-import warnings
-from functools import lru_cache
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
 
 import mixedmodels as mm
 from mixedmodels.bootstrap import bootstrap_confint, simulate
+from example_fits import cbpp_fit, sleep_fit
 
-FIX = Path(__file__).parent / "fixtures"
 
-
-@lru_cache(maxsize=None)
 def fits():
-    ss = pd.read_csv(FIX / "sleepstudy.csv", dtype={"Subject": str})
-    cb = pd.read_csv(FIX / "cbpp.csv", dtype={"herd": str, "period": str})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        g = mm.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", cb, nagq=1)
-    return mm.lmer("Reaction ~ Days + (1 | Subject)", ss, reml=False), \
-        mm.lmer("Reaction ~ Days + (Days | Subject)", ss, reml=False), g
+    return (sleep_fit("Reaction ~ Days + (1 | Subject)", reml=False),
+            sleep_fit("Reaction ~ Days + (Days | Subject)", reml=False), cbpp_fit())
 
 
 def test_methods_are_the_module_functions():
@@ -47,3 +36,17 @@ def test_confint_boot():
     assert list(ci.index) == list(a.confint(method="wald").index)
     cig = g.confint(method="boot", nsim=20, seed=1, parm=["period2"])
     assert list(cig.index) == ["period2"] and cig.iloc[0, 0] < g.fixef["period2"] < cig.iloc[0, 1]
+
+
+def test_every_result_class_has_the_methods_from_the_base():
+    from mixedmodels.fitmethods import FitMethods
+    from mixedmodels.mixedmodel import MixedModel
+
+    assert issubclass(MixedModel, FitMethods)
+    for cls in (mm.LinearMixedModel, mm.GeneralizedLinearMixedModel):
+        assert issubclass(cls, MixedModel)
+        # written once, on the bases: no class re-defines them
+        for name in ("confint", "anova", "bootstrap", "tidy"):
+            assert name not in vars(cls), (cls.__name__, name)
+    with pytest.raises(ValueError, match="method must be one of 'profile', 'wald', 'boot'"):
+        fits()[0].confint(method="bootstrap")

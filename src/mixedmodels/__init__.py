@@ -31,7 +31,7 @@ from .compare import anova, compare
 from .examples import load_example
 from .datasets import ClickData, load_ctr, make_click_data
 from .gibbs import HalfT, InverseGamma, gibbs_random_intercept
-from .glmm import (ConvergenceWarning, GeneralizedLinearMixedModel, GlmerResult, QuadratureWarning,
+from .glmm import (ConvergenceWarning, GeneralizedLinearMixedModel, GlmerResult, QuadratureWarning,  # noqa: F401
                    glmer, glmer_nb)
 from .lmm import LinearMixedModel, deviance_function, lmer
 from .race import mspe
@@ -39,12 +39,6 @@ from .refit import refit, update
 from .schools import simulate_schools
 from .simulate import simulate_archers, westeros_names
 from .tidy import coef_table, tidy, to_dict, to_json
-
-from .fitmethods import attach as _attach_fit_methods
-
-# fit.anova(), fit.simulate(), fit.refit(), fit.update(), fit.bootstrap(), fit.coef_table(),
-# fit.tidy(), fit.to_dict(), fit.to_json() and confint(method="boot") on both result classes.
-_attach_fit_methods(LinearMixedModel, GlmerResult)
 
 __version__ = "0.1.0"
 

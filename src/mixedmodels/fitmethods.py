@@ -1,5 +1,6 @@
 """Methods every fitted model has (LMM and GLMM alike): comparison, simulation, refitting and
-tidy outputs. Each is a thin call of the module function that does the work
+tidy outputs, a base class of :class:`mixedmodels.mixedmodel.MixedModel` (so every result class
+has them). Each is a thin call of the module function that does the work
 (:mod:`~mixedmodels.compare`, :mod:`~mixedmodels.bootstrap`, :mod:`~mixedmodels.refit`,
 :mod:`~mixedmodels.tidy`), so ``fit.anova(other)`` and ``mm.anova(fit, other)`` are the same.
 """
@@ -13,7 +14,7 @@ __all__ = ["FitMethods"]
 
 
 class FitMethods:
-    """Mixin of the result classes: see the module docstring."""
+    """Base of :class:`~mixedmodels.mixedmodel.MixedModel`: see the module docstring."""
 
     def anova(self, *others, refit: bool = True, names: list[str] | None = None) -> pd.DataFrame:
         """Likelihood-ratio tests of this fit and ``others`` (see :func:`mixedmodels.anova`)."""
@@ -75,47 +76,3 @@ class FitMethods:
         from .tidy import to_json
 
         return to_json(self, path=path, indent=indent)
-
-
-def _confint_with_boot(confint):
-    """``confint`` that also takes ``method="boot"`` (lme4's parametric bootstrap)."""
-    import functools
-
-    @functools.wraps(confint)
-    def wrapped(self, method: str = "profile", level: float = 0.95, parm=None, *,
-                nsim: int = 500, seed: int | np.random.Generator | None = None,
-                progress: bool | None = None, **kwargs):
-        if isinstance(method, str) and method.lower() == "boot":
-            from .bootstrap import bootstrap_confint
-
-            out = bootstrap_confint(self, level=level, nsim=nsim, seed=seed, progress=progress)
-            names = list(self.parameter_names()) + list(self.fixef.index)
-            if parm is not None:
-                parm = [parm] if isinstance(parm, str) else list(parm)
-                bad = [p for p in parm if p not in names]
-                if bad:
-                    raise ValueError(f"`parm`: unknown parameter(s) {bad}; available: {names}")
-                names = parm
-            return out.reindex(names)
-        if parm is not None:
-            kwargs["parm"] = parm
-        return confint(self, method=method, level=level, **kwargs)
-
-    wrapped.__doc__ = (confint.__doc__ or "") + """
-        ``method="boot"`` (keywords ``nsim=500``, ``seed``, ``progress``): percentile intervals
-        of a parametric bootstrap (:func:`mixedmodels.bootstrap_confint`), as lme4's
-        ``confint(fit, method = "boot")``.
-        """
-    wrapped._has_boot = True
-    return wrapped
-
-
-def attach(*classes: type) -> None:
-    """Give result classes the :class:`FitMethods` and ``confint(method="boot")`` (once)."""
-    for cls in classes:
-        for name, fn in vars(FitMethods).items():
-            if callable(fn) and not name.startswith("_") and name not in vars(cls):
-                setattr(cls, name, fn)
-        conf = getattr(cls, "confint", None)
-        if conf is not None and not getattr(conf, "_has_boot", False):
-            cls.confint = _confint_with_boot(conf)

@@ -3,8 +3,8 @@
 :class:`MixedModel` is the base of :class:`mixedmodels.lmm.LinearMixedModel` and
 :class:`mixedmodels.glmm_result.GeneralizedLinearMixedModel`. The two share one covariance
 layout (:class:`mixedmodels.covariance.CovarianceLayout`), so the parameter names, ``varcorr()``,
-``ranef()``, ``coef()``, ``confint()`` (case-insensitive ``"profile"`` or ``"wald"``, R's
-``2.5 %`` labels), ``profile()``, ``residuals(type=)`` and the HTML summary are written once.
+``ranef()``, ``coef()``, ``confint()`` (case-insensitive ``"profile"``, ``"wald"`` or
+``"boot"``, R's ``2.5 %`` labels), ``profile()``, ``residuals(type=)`` and the HTML summary are written once.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from scipy import stats
 
 from . import _validate
 from .covariance import CovarianceLayout
+from .fitmethods import FitMethods
 from .profile import Profile, profile_model
 from .summary import percent_labels
 
@@ -27,13 +28,17 @@ if TYPE_CHECKING:
 __all__ = ["MixedModel", "percent_labels", "CONFINT_METHODS", "RESIDUAL_TYPES"]
 
 #: Accepted ``confint(method=)`` values (case-insensitive).
-CONFINT_METHODS = ("profile", "wald")
+CONFINT_METHODS = ("profile", "wald", "boot")
 #: lme4's ``residuals(type=)`` values.
 RESIDUAL_TYPES = ("response", "working", "pearson", "deviance")
 
 
-class MixedModel:
+class MixedModel(FitMethods):
     """A fitted mixed model: the accessors LMM and GLMM results share.
+
+    With :class:`~mixedmodels.fitmethods.FitMethods` (``anova``, ``simulate``, ``refit``,
+    ``update``, ``bootstrap``, ``coef_table``, ``tidy``, ``to_dict``, ``to_json``) every result
+    class has the same methods.
 
     Subclasses set ``model`` (:class:`~mixedmodels.formula.ModelStructure`), ``layout``
     (:class:`~mixedmodels.covariance.CovarianceLayout`), ``theta``, ``fixef``, ``se``,
@@ -210,27 +215,39 @@ class MixedModel:
         return self.parameter_names() + list(self.fixef.index)
 
     def confint(self, method: str = "profile", level: float = 0.95,
-                parm: list[str] | str | None = None) -> pd.DataFrame:
+                parm: list[str] | str | None = None, *, nsim: int = 500,
+                seed: int | np.random.Generator | None = None,
+                progress: bool | None = None) -> pd.DataFrame:
         """Confidence intervals, rows named as lme4's ``confint(fit, oldNames = FALSE)``.
 
         Parameters
         ----------
-        method : {"profile", "wald"}
+        method : {"profile", "wald", "boot"}
             Case-insensitive. ``"profile"`` inverts the profiled likelihood-ratio test on the
             sd/cor scale (:meth:`profile`; an LMM is profiled on the ML deviance, also for
             REML fits, as lme4 does). ``"wald"``: estimate +- z * SE for the fixed effects;
-            the variance parameters get NaN, as lme4 gives NA.
+            the variance parameters get NaN, as lme4 gives NA. ``"boot"``: percentile
+            intervals of a parametric bootstrap (:func:`mixedmodels.bootstrap_confint`), as
+            lme4's ``confint(fit, method = "boot")``.
         level : float
             Coverage, strictly between 0 and 1.
         parm : list of str or str, optional
             Rows to compute (default all): names from :meth:`parameter_names` or fixed
             effects.
+        nsim, seed, progress
+            ``method="boot"`` only: replicates (lme4's default 500), the seed of every draw,
+            and whether to show a progress bar (see :func:`mixedmodels.bootstrap`).
 
         Returns
         -------
         DataFrame
             Columns as R labels them (``"2.5 %"``, ``"97.5 %"``); variance parameters first,
             then the fixed effects.
+
+        Raises
+        ------
+        ValueError
+            For an unknown method or parameter name, or a level outside (0, 1).
         """
         _validate.check_level(level)
         method = _validate.check_choice(method, CONFINT_METHODS, "method")
@@ -244,6 +261,11 @@ class MixedModel:
             hi = np.concatenate([np.full(nv, np.nan), self.fixef + z * self.se])
             out = pd.DataFrame({cols[0]: lo, cols[1]: hi}, index=names)
             return out.loc[which]
+        if method == "boot":
+            from .bootstrap import bootstrap_confint
+
+            out = bootstrap_confint(self, level=level, nsim=nsim, seed=seed, progress=progress)
+            return out.reindex(which)
         return self.profile(parm=which, level=level).confint(level)
 
     @staticmethod
