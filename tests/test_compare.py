@@ -106,3 +106,16 @@ def test_anova_argument_checks():
         anova(fm0, fm1, refit=False)
     with pytest.raises(ValueError, match="names"):
         anova(fm0, fm1, names=["a"])
+
+
+def test_anova_default_row_names_are_the_right_hand_sides():
+    # lme4 labels rows by the fits' variable names; here: each formula right of "~", or
+    # m1, m2, ... (in the order given) where two are the same.
+    ss, fm0, fm1, _ = sleep_fits()
+    with pytest.warns(RefitNotice, match="Days \\+ \\(1 \\| Subject\\)"):
+        tab = anova(fm1, fm0)
+    assert list(tab.index) == ["1 + (1 | Subject)", "Days + (1 | Subject)"]
+    ml = mm.lmer("Reaction ~ Days + (1 | Subject)", ss, reml=False)
+    with pytest.warns(RefitNotice):
+        tab = anova(fm1, ml)
+    assert list(tab.index) == ["m1", "m2"]

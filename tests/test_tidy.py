@@ -1,9 +1,6 @@
 """coef_table(), tidy() and to_dict()/to_json(): the fit's own numbers, reshaped."""
 
 import json
-import warnings
-from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,18 +9,11 @@ from scipy import stats
 
 import mixedmodels as mm
 from mixedmodels.tidy import coef_table, tidy, to_dict, to_json
+from example_fits import cbpp_fit, sleep_fit
 
-FIX = Path(__file__).parent / "fixtures"
 
-
-@lru_cache(maxsize=None)
 def fits():
-    ss = pd.read_csv(FIX / "sleepstudy.csv", dtype={"Subject": str})
-    cb = pd.read_csv(FIX / "cbpp.csv", dtype={"herd": str, "period": str})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        g = mm.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", cb, nagq=1)
-    return mm.lmer("Reaction ~ Days + (Days | Subject)", ss), g
+    return sleep_fit("Reaction ~ Days + (Days | Subject)"), cbpp_fit()
 
 
 def test_coef_table_is_the_wald_table():

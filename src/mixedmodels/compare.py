@@ -83,6 +83,17 @@ def _check_nested(small, large, sname: str, lname: str) -> None:
             "by AIC/BIC instead)")
 
 
+def _default_names(fits: list) -> list[str]:
+    """Each fit's formula right of ``~`` (blanks folded), or ``m1``, ``m2``, ... if two agree."""
+    rhs = []
+    for f in fits:
+        formula = str(getattr(f, "formula", ""))
+        rhs.append(" ".join(formula.split("~", 1)[-1].split()))
+    if all(rhs) and len(set(rhs)) == len(rhs):
+        return rhs
+    return [f"m{i + 1}" for i in range(len(fits))]
+
+
 def _ml_refit(fit):
     from .refit import update
 
@@ -102,7 +113,10 @@ def anova(*fits, refit: bool = True, names: list[str] | None = None) -> pd.DataF
         :class:`RefitNotice`). ``False`` keeps the REML criterion, which is valid only when
         the fits share their fixed effects (then they differ in random effects only).
     names : list of str, optional
-        Row labels (default ``m1``, ``m2``, ... in the order given).
+        Row labels. lme4 labels rows with the fits' variable names, which Python cannot see;
+        the default is each fit's formula right of ``~`` (``"Days + (1 | Subject)"``: the
+        fits share their response), or ``m1``, ``m2``, ... in the order given where two
+        right-hand sides are the same.
 
     Returns
     -------
@@ -140,7 +154,7 @@ def anova(*fits, refit: bool = True, names: list[str] | None = None) -> pd.DataF
         if not all(hasattr(f, a) for a in ("loglik", "npar", "nobs", "fixef", "model")):
             raise ValueError(f"argument {i + 1} is not a fitted mixed model (got {type(f).__name__})")
     if names is None:
-        names = [f"m{i + 1}" for i in range(len(fits))]
+        names = _default_names(fits)
     elif len(names) != len(fits) or len(set(names)) != len(names):
         raise ValueError(f"`names` must give {len(fits)} distinct labels, got {names!r}")
     names = [str(n) for n in names]

@@ -294,7 +294,8 @@ class CovarianceLayout:
         DataFrame
             Columns group, var1, var2, vcov, sdcor. For each term: one row per variance (sdcor
             the SD), then one per covariance (sdcor the correlation); groups made unique as R
-            does (``Subject``, ``Subject.1``).
+            does (``Subject``, ``Subject.1``). Every empty cell is NaN, as R's NA: ``var2`` of
+            a variance, ``var1`` and ``var2`` of ``Residual``, the correlation of a zero SD.
         """
         s = 1.0 if sigma is None else float(sigma)
         rows = []
@@ -302,13 +303,13 @@ class CovarianceLayout:
             k = len(cn)
             sd = np.sqrt(np.maximum(np.diag(S), 0.0))
             for i in range(k):
-                rows.append((g, cn[i], None, S[i, i], sd[i]))
+                rows.append((g, cn[i], np.nan, S[i, i], sd[i]))
             for j in range(k):
                 for i in range(j + 1, k):
                     cor = S[i, j] / (sd[i] * sd[j]) if sd[i] * sd[j] > 0 else np.nan
                     rows.append((g, cn[j], cn[i], S[i, j], cor))
         if sigma is not None:
-            rows.append(("Residual", None, None, s * s, s))
+            rows.append(("Residual", np.nan, np.nan, s * s, s))
         return pd.DataFrame(rows, columns=["group", "var1", "var2", "vcov", "sdcor"])
 
     def summary_rows(self, theta: np.ndarray, sigma: float = 1.0

@@ -355,15 +355,8 @@ def _cloglog_derivs(eta: np.ndarray, y, m, order: int) -> tuple[np.ndarray, ...]
     return d1, d2, m * (y * a3 - t)
 
 
-@dataclass(frozen=True)
-class Poisson(Family):
-    """Poisson with the log link; ``y`` is the count, ``m`` an optional prior weight."""
-
-    name: str = "poisson"
-    link: str = "log"
-
-    def __post_init__(self) -> None:
-        _check_link(self.name, self.link)
+class _LogLink:
+    """The log link of the count families (Poisson, negative binomial)."""
 
     def linkinv(self, eta):
         return np.exp(eta)
@@ -371,6 +364,17 @@ class Poisson(Family):
     def linkfun(self, mu):
         with np.errstate(divide="ignore"):
             return np.log(mu)
+
+
+@dataclass(frozen=True)
+class Poisson(_LogLink, Family):
+    """Poisson with the log link; ``y`` is the count, ``m`` an optional prior weight."""
+
+    name: str = "poisson"
+    link: str = "log"
+
+    def __post_init__(self) -> None:
+        _check_link(self.name, self.link)
 
     def cumulant(self, eta):
         return np.exp(eta)
@@ -612,7 +616,7 @@ class InverseGaussian(_DispersionFamily):
 
 
 @dataclass(frozen=True)
-class NegativeBinomial(_DispersionFamily):
+class NegativeBinomial(_LogLink, _DispersionFamily):
     """Negative binomial NB2 (glmmTMB's ``nbinom2``, lme4's ``glmer.nb``): variance
     ``mu + mu^2 / theta``.
 
@@ -635,13 +639,6 @@ class NegativeBinomial(_DispersionFamily):
 
     def __post_init__(self) -> None:
         _check_link(self.name, self.link)
-
-    def linkinv(self, eta):
-        return np.exp(eta)
-
-    def linkfun(self, mu):
-        with np.errstate(divide="ignore"):
-            return np.log(mu)
 
     def variance(self, mu):
         mu = np.asarray(mu, dtype=float)

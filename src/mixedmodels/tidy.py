@@ -103,10 +103,9 @@ def tidy(fit, effects: str = "fixed", level: float = 0.95) -> pd.DataFrame:
     rows = []
     for _, r in fit.varcorr().iterrows():
         v2 = r["var2"]
-        no_v2 = v2 is None or (isinstance(v2, float) and math.isnan(v2))
         if r["group"] == "Residual":
             term = "sd__Observation"
-        elif no_v2:
+        elif pd.isna(v2):
             term = f"sd__{r['var1']}"
         else:
             term = f"cor__{r['var1']}.{v2}"
