@@ -126,6 +126,32 @@ def test_profile_confint_labels(kind):
         assert (-1 <= lo and hi <= 1) if nm.startswith("cor_") else lo >= 0
 
 
+@pytest.mark.parametrize("kind", list(STRUCTURES))
+def test_boot_confint_labels(kind):
+    # A tiny bootstrap (3 replicates): the labels and the shape are what is checked here; the
+    # intervals themselves are checked in test_bootstrap.
+    for fit in fits(kind):
+        ci = fit.confint(method="BOOT", level=0.9, nsim=3, seed=1, progress=False)
+        names = fit.parameter_names() + list(fit.fixef.index)
+        assert list(ci.index) == names
+        assert list(ci.columns) == ["5 %", "95 %"]
+        fe = ci.loc[list(fit.fixef.index)]
+        assert np.all(fe.iloc[:, 0] <= fe.iloc[:, 1])
+        sds = [nm for nm in names if nm.startswith("sd_") or nm == "sigma"]
+        assert np.all(ci.loc[sds].fillna(0).to_numpy() >= 0)
+
+
+@pytest.mark.parametrize("kind", list(STRUCTURES))
+def test_varcorr_empty_cells_are_nan(kind):
+    # R's as.data.frame(VarCorr) has NA in every empty cell; here NaN, never None
+    for fit in fits(kind):
+        vc = fit.varcorr()
+        assert not any(v is None for v in vc.to_numpy().ravel())
+        assert vc["var2"].isna().sum() == sum(nm.startswith("sd_") for nm in fit.layout.names) + \
+            (fit._scale() is not None)
+        assert vc["vcov"].dtype == float and vc["sdcor"].dtype == float
+
+
 def test_confint_bad_arguments():
     lmm, glmm = fits("scalar")
     for fit in (lmm, glmm):
