@@ -7,6 +7,7 @@ and ``confint()`` of every kind labels every row right. lme4 references: tests/f
 JSON for doublebar_glmm and binom_slopes).
 """
 
+import dataclasses
 import json
 import warnings
 from functools import lru_cache
@@ -332,3 +333,5 @@ def test_optsum_reads_the_same_on_both():
     assert lmm.optsum.finitial >= lmm.optsum.fval and len(lmm.optsum.lower) == len(lmm.theta)
     with pytest.raises(TypeError, match="fevals"):
         OptSummary("x", fevals=3)
+    moved = dataclasses.replace(lmm.optsum, final=lmm.theta * 2)    # a copy with changes
+    assert moved.feval == lmm.optsum.feval and np.all(moved.final == 2 * lmm.theta)

@@ -59,8 +59,8 @@ from .formula import (ModelStructure, ReTerm, _drop_dependent_columns, _label, _
 from .lmm import (EXACT_FIT_FLOOR, LinearMixedModel, LMMProblem, _cholesky_exact_fit,
                   first_term_cholesky, first_term_U, optimize_theta)
 from .offsets import new_offset
-from .results import ConvergenceWarning, OptSummary, theta_lower_bounds
-from .covariance import tril_index
+from .results import ConvergenceWarning, OptSummary
+from .covariance import CovarianceLayout
 
 __all__ = ["lmer_dask", "DaskLMMProblem", "DaskLinearMixedModel", "dask_lmm_problem"]
 
@@ -285,10 +285,11 @@ class DaskLMMProblem(LMMProblem):
         # in-memory problem's width, so that both fits run the same optimizer.
         self.r = r_in_memory if r_in_memory is not None else self.p + 1
         self.ARR, self.ldW = ARR, float(ldW)
-        self._tril = [tril_index(t.k) for t in self.terms]
-        self.ntheta = sum(t.ntheta for t in self.terms)
-        self.lower = theta_lower_bounds([t.k for t in self.terms])
-        self.theta0 = np.where(np.isfinite(self.lower), 1.0, 0.0)
+        # theta's positions, bounds and start: from its one owner, mixedmodels.covariance.
+        self.layout = CovarianceLayout(self.terms)
+        self.ntheta = self.layout.ntheta
+        self.lower = self.layout.lower
+        self.theta0 = self.layout.start()
         self.sparse = False
         self._part_keys = part_keys
         # Partition-order group i is level pos[i] of the fit (the in-memory order of levels).

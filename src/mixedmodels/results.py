@@ -8,6 +8,7 @@ Hessian of the objective at the optimum, reported in plain words.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -27,6 +28,7 @@ _OLD_NAMES = {"evaluations": "feval", "nevals": "feval", "return_message": "mess
               "initial_objective": "finitial", "final_objective": "fval"}
 
 
+@dataclass(init=False, eq=False)
 class OptSummary:
     """How the optimization went: one record for LMM and GLMM fits (``fit.optsum``).
 
@@ -77,6 +79,25 @@ class OptSummary:
     TypeError
         For a keyword that is neither a field nor one of the older names.
     """
+
+    # The fields (a dataclass, so that ``dataclasses.replace`` copies a record with changes).
+    optimizer: str
+    initial: np.ndarray | None
+    final: np.ndarray | None
+    lower: np.ndarray | None
+    finitial: float
+    fval: float
+    feval: int
+    message: str
+    converged: bool
+    convergence_message: str
+    max_grad: float
+    gradient: np.ndarray | None
+    hessian: np.ndarray | None
+    newton_steps: int
+    newton_decrement: float
+    history: list
+    seconds: float
 
     def __init__(self, optimizer: str = "", initial: np.ndarray | None = None,
                  final: np.ndarray | None = None, *, lower: np.ndarray | None = None,
