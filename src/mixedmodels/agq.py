@@ -503,6 +503,16 @@ class GroupRules:
         return GroupRules(self.points[groups], self.span[groups], self.shift[groups])
 
 
+class _Indicator:
+    """Group sums by a ready-made indicator matrix (the rows of some groups)."""
+
+    def __init__(self, indicator: sp.csr_matrix):
+        self.indicator = indicator
+
+    def group_sum(self, a: np.ndarray) -> np.ndarray:
+        return self.indicator @ a
+
+
 def _log_integrand(beta, sigma, chunk: GroupChunk, family: Family, u: np.ndarray) -> np.ndarray:
     """``g_i(u)`` at points ``u`` (G, K): the sum of the group's row log-likelihoods plus
     ``log phi(u)``."""
@@ -566,32 +576,54 @@ def choose_rule(beta: np.ndarray, sigma: float, chunk: GroupChunk, family: Famil
         right = np.maximum(right, minimum.span + minimum.shift)
     span, shift = 0.5 * (left + right), 0.5 * (right - left)
     points = np.full(G, ladder[-1], dtype=np.int64)
+    # The modes and scales are those of these parameters whatever the rule: each rung only
+    # evaluates the log-integrand at its nodes (no mode search, no derivatives), on the rows
+    # of the groups still climbing.
+    gi = chunk.gidx
+    eta_c = chunk.X @ beta + chunk.offset + sigma * chunk.z * (u_hat + s * shift)[gi]
+    a_rows = sigma * chunk.z * (s * span)[gi]
+    nrows = chunk.nrows
 
     def climb(groups, i0, twice):
         """Walk the ladder from rung ``i0`` for these groups; set their points."""
-        sub = chunk if len(groups) == G else chunk.subset(groups)
-        pending, u_sub = groups, u_hat[groups]
+        pending = groups
 
         def run(k):
-            return agq_chunk(beta, sigma, sub, family, k, u0=u_sub, gradient=False,
-                             rule="trapezoid", span=span[pending],
-                             shift=shift[pending]).loglik_groups
+            if len(pending) == G:
+                rows, ind = slice(None), chunk
+            else:
+                cnt = nrows[pending]
+                st = np.concatenate([[0], np.cumsum(cnt)[:-1]])
+                rows = np.repeat(chunk.starts[pending] - st, cnt) + np.arange(cnt.sum())
+                nr = len(rows)
+                ind = _Indicator(sp.csr_matrix((np.ones(nr), np.arange(nr), np.r_[st, nr]),
+                                               shape=(len(pending), nr)))
+            xk, lwk = _trapezoid(int(k))
+            eta = np.multiply.outer(a_rows[rows], xk)
+            eta += eta_c[rows, None]
+            ll = family.loglik_rows(eta, chunk.y[rows, None], chunk.m[rows, None],
+                                    chunk.const[rows, None])
+            sc = s[pending] * span[pending]
+            uk = (u_hat + s * shift)[pending, None] + sc[:, None] * xk[None, :]
+            a = ind.group_sum(ll) - 0.5 * uk * uk + lwk[None, :]
+            amax = np.max(a, axis=1)
+            return np.log(sc) + amax + np.log(np.sum(np.exp(a - amax[:, None]), axis=1))
 
         prev = run(ladder[i0])
         # Two agreements in a row, the first time: one alone can be luck (the error
         # alternates in sign along the ladder and may cross zero between two rules). A
-        # rule chosen before at nearby parameters needs only one.
+        # rule chosen before at nearby parameters needs only one. (The constant
+        # -log sqrt(2 pi) cancels in the differences.)
         agreed = np.full(len(groups), not twice)
         for i in range(i0 + 1, len(ladder)):
             cur = run(ladder[i])
             ok = np.abs(cur - prev) <= 0.5 * tol
             done = ok & agreed
-            points[pending[done]] = ladder[i - 1 if twice else i - 1]
+            points[pending[done]] = ladder[i - 1]
             if np.all(done):
                 return
             keep = np.flatnonzero(~done)
-            pending, u_sub, prev, agreed = pending[keep], u_sub[keep], cur[keep], ok[keep]
-            sub = sub.subset(keep)
+            pending, prev, agreed = pending[keep], cur[keep], ok[keep]
 
     lad = np.asarray(ladder)
     if minimum is None:

@@ -256,7 +256,11 @@ def fit_frame(frame, nagq: int | str, start: np.ndarray | None = None, obj=None,
         if getattr(obj, "rules", None) is not None:
             # nagq="auto" with per-group rules: every group's rule about doubled.
             kcheck = 2 * nagq - 1
-            llc, _ = obj.evaluate(opt.final, gradient=False, refine=True, keep=False)
+            done = getattr(obj, "refined_at", None)
+            if done is not None and np.array_equal(done[0], opt.final):
+                llc = done[1]  # computed when the rules were verified at the estimates
+            else:
+                llc, _ = obj.evaluate(opt.final, gradient=False, refine=True, keep=False)
             quad_converged = abs(llc - opt.loglik) <= QUAD_CHECK_TOL
         else:
             if frame.scalar:

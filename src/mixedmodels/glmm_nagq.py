@@ -16,7 +16,8 @@ import numpy as np
 from .agq_vector import auto_ladder
 from .glmm_frame import GlmerFrame
 from .glmm_objective import ScalarObjective, _default_start, make_objective
-from .glmm_optimize import GlmerOptSummary, _bhhh, _hessian, check_optimum, optimize_glmer
+from .glmm_optimize import (GlmerOptSummary, _bhhh, _hessian, _normalize, check_optimum,
+                            optimize_glmer)
 
 __all__ = ["fit_nagq", "QuadratureWarning", "AUTO_LADDER"]
 
@@ -88,10 +89,12 @@ def _fit_auto(frame: GlmerFrame, start: np.ndarray | None, obj=None):
 
     1. At the start, choose each group's rule (:func:`mixedmodels.agq.choose_rule`: a
        trapezoid rule converged to 1e-8 in the group's log-integral) and maximize.
-    2. Check the rules at the estimates (they only grow); where one changed, Newton steps
-       from there with the Hessian already at hand. At most :data:`MAX_RULE_ROUNDS` rounds.
-    3. The check of the optimum, with the final rules; ``glmer`` then evaluates the
-       log-likelihood with every rule about doubled, which shows the quadrature converged.
+    2. Verify the rules at the estimates
+       (:meth:`~mixedmodels.glmm_objective.ScalarObjective.verify_rules`: every rule about
+       doubled, one pass, which is also the quadrature check ``glmer`` reports). Where one
+       no longer converges, choose the rules again there (they only grow) and take Newton
+       steps with the Hessian at hand. At most :data:`MAX_RULE_ROUNDS` rounds of choosing.
+    3. The check of the optimum, with the final rules.
     """
     obj = make_objective(frame, AUTO_LADDER[0]) if obj is None else obj
     h0 = None
@@ -132,6 +135,12 @@ def _fit_auto(frame: GlmerFrame, start: np.ndarray | None, obj=None):
     opt = optimize_glmer(obj, x, hessian=h0, hessian_at=h0_at)
     history.append((obj.points_range[1], opt.loglik, opt.final.copy()))
     for _ in range(MAX_RULE_ROUNDS - 1):
+        # Are the rules still good at the estimates? The doubled rules tell (one pass, which
+        # is also the quadrature check glmer reports); only where some unit's rule no longer
+        # converges is it chosen again, and the estimates moved with Newton steps.
+        verify = getattr(obj, "verify_rules", None)
+        if verify is not None and verify(_normalize(obj, opt.final)):
+            break
         before = obj.rules
         rules = obj.choose_rules(opt.final)
         if all(np.array_equal(getattr(before, f), getattr(rules, f))
@@ -155,14 +164,20 @@ def _fit_auto(frame: GlmerFrame, start: np.ndarray | None, obj=None):
         except FloatingPointError:
             opt = optimize_glmer(obj, opt.final)
         history.append((obj.points_range[1], opt.loglik, opt.final.copy()))
+    opt = _checked(obj, opt)
+    if history[-1][1] != opt.loglik:
+        history.append((obj.points_range[1], opt.loglik, opt.final.copy()))
+    return obj, opt, history
+
+
+def _checked(obj, opt):
+    """The check of the optimum, and a second start from its point when it fails."""
     opt = check_optimum(obj, opt)
     if not opt.converged:
         alt = check_optimum(obj, optimize_glmer(obj, opt.final))
         if alt.loglik >= opt.loglik - 1e-9:
             opt = alt
-    if history[-1][1] != opt.loglik:
-        history.append((obj.points_range[1], opt.loglik, opt.final.copy()))
-    return obj, opt, history
+    return opt
 
 
 def _per_group_rules(obj) -> bool:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .agq import ChunkResult, GroupRules, agq_chunk, choose_rule, make_chunks
+from .agq import (POINTS_TOL, TAIL_CUT, ChunkResult, GroupRules, _log_integrand, agq_chunk,
+                  choose_rule, make_chunks)
 from .agq_vector import MAX_COLUMNS, VectorObjective, vector_agq_applies
 from .compress import group_patterns
 from .dispersion import with_dispersion
@@ -83,6 +84,9 @@ class ScalarObjective:
         self._u: np.ndarray | None = None
         self.nevals = 0
         self.last: ChunkResult | None = None
+        self._last_params: np.ndarray | None = None
+        #: ``(params, loglik)`` with every unit's rule about doubled (:meth:`verify_rules`).
+        self.refined_at: tuple[np.ndarray, float] | None = None
 
     def subset(self, groups: np.ndarray) -> "ScalarObjective":
         """The same objective on a subset of whole groups (indices into the levels)."""
@@ -105,10 +109,48 @@ class ScalarObjective:
         self.set_rules(rules)
         return rules
 
+    def verify_rules(self, params: np.ndarray, tol: float = POINTS_TOL) -> bool | None:
+        """Whether the rules in use still integrate every unit to ``tol`` at ``params``.
+
+        Each unit's log-integral with its rule about doubled (``2k - 1`` points, the same
+        range: the trapezoid rule's error then falls to about its square, so the difference
+        is the rule's error) must agree with its rule's to ``tol / 2``, the test
+        :func:`~mixedmodels.agq.choose_rule` applies between rungs, and the log-integrand
+        must have fallen :data:`~mixedmodels.agq.TAIL_CUT` below its mode at both ends of
+        the unit's range. The doubled rules' log-likelihood is kept as :attr:`refined_at`
+        (it is also the fit's quadrature check). ``None`` when this objective cannot tell
+        (no per-unit rules, or another objective's evaluate).
+        """
+        if self.rules is None or type(self).evaluate is not ScalarObjective.evaluate:
+            return None
+        params = np.asarray(params, dtype=float)
+        if self._last_params is None or not np.array_equal(self._last_params, params):
+            self.evaluate(params, gradient=False)
+        last = self.last
+        beta, sigma = params[:self.p], float(params[self.p])
+        ok = True
+        total = 0.0
+        for k, ch, idx, span, shift in self._parts:
+            r = agq_chunk(beta, sigma, ch, self.family, 2 * k - 1, u0=last.u_hat[idx],
+                          gradient=False, rule="trapezoid", span=span, shift=shift)
+            total += r.loglik
+            ok = ok and bool(np.all(np.abs(r.loglik_groups - last.loglik_groups[idx])
+                                    <= 0.5 * tol))
+            if ok:
+                # Both ends of the range, in units of the Laplace scale from the mode.
+                s = 1.0 / np.sqrt(r.h)
+                u = r.u_hat[:, None] + s[:, None] * np.column_stack(
+                    [np.zeros(len(s)), shift - span, shift + span])
+                g = _log_integrand(beta, sigma, ch, self.family, u)
+                ok = bool(np.all(g[:, 1:] - g[:, :1] < -TAIL_CUT))
+        self.refined_at = (params.copy(), float(total))
+        return ok
+
     def set_rules(self, rules: GroupRules | None) -> None:
         """Use per-unit trapezoid rules (``None``: back to ``nagq`` Gauss-Hermite points)."""
         self.rules = rules
         self._parts = []
+        self.refined_at = None
         self._at_x = None  # a cached evaluation (glmm_optimize) is stale under new rules
         if rules is None:
             return
@@ -197,6 +239,9 @@ class ScalarObjective:
             if np.all(np.isfinite(u_all)):
                 self._u = u_all
             self.last = ChunkResult(loglik, grad, u_all, h_all, llg, iters, outer)
+            # (Per-unit results of the rules in use, for verify_rules.)
+            self._last_params = params.copy() if self.rules is not None and nagq is None \
+                and not refine else None
         if opg:
             return loglik, grad, outer
         if hessian:
