@@ -52,20 +52,26 @@ def _quiet(fn, *a, **k):
         return fn(*a, **k)
 
 
-def _assert_same(fit, ref):
-    """Every estimate, SE and the log-likelihood to 1e-8; the random effects too."""
+def _assert_same(fit, ref, tol_params=TOL):
+    """Every estimate, SE and the log-likelihood to 1e-8; the random effects too.
+
+    ``tol_params``: for the estimates, where the two fits' Newton steps use different
+    Hessians (both stop where a step would gain < 1e-12 in the log-likelihood, which fixes
+    the estimates to ~1e-7 relative, not 1e-8; the SEs, from Hessians at these points, then
+    to 100 times that)."""
     assert isinstance(fit, DaskGlmerResult)
     assert fit.nagq == ref.nagq
-    np.testing.assert_allclose(fit.fixef, ref.fixef, rtol=TOL, atol=TOL)
-    np.testing.assert_allclose(fit.theta, ref.theta, rtol=TOL, atol=TOL)
+    np.testing.assert_allclose(fit.fixef, ref.fixef, rtol=tol_params, atol=tol_params)
+    np.testing.assert_allclose(fit.theta, ref.theta, rtol=tol_params, atol=tol_params)
     # The in-memory nagq="auto" fit's Hessian is the kernel's analytic one, the Dask
     # objective's finite differences of its gradient: they agree to ~1e-6.
-    np.testing.assert_allclose(fit.se, ref.se, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(fit.se, ref.se, rtol=max(1e-5, 100 * tol_params), atol=1e-7)
     assert abs(fit.loglik - ref.loglik) <= TOL * (1 + abs(ref.loglik))
     a, b = fit.ranef(), ref.ranef()
     assert list(a.level) == list(b.level)
-    np.testing.assert_allclose(a.value, b.value, rtol=1e-7, atol=1e-7)
-    np.testing.assert_allclose(a.condsd, b.condsd, rtol=1e-7, atol=1e-7)
+    tol_b = max(1e-7, tol_params)
+    np.testing.assert_allclose(a.value, b.value, rtol=tol_b, atol=tol_b)
+    np.testing.assert_allclose(a.condsd, b.condsd, rtol=tol_b, atol=tol_b)
     assert fit.nobs == ref.nobs and fit.ngroups == ref.ngroups
 
 
@@ -119,7 +125,9 @@ def test_warmup_subset_path(threads, clicks, monkeypatch, nagq):
     fit = _quiet(mm.glmer, FORMULA, dd.from_pandas(clicks, npartitions=2, sort=False),
                  nagq=nagq, client=threads, verbose=False)
     assert fit._obj.nunits == ref._obj.nunits
-    _assert_same(fit, ref)
+    # nagq="auto" from the warm-up's Hessian: in memory each Newton step brings the kernel's
+    # Hessian at its point, on Dask the warm-up's (scaled) one is kept.
+    _assert_same(fit, ref, tol_params=TOL if nagq != "auto" else 1e-6)
 
 
 def test_killed_worker_never_gives_a_wrong_optimum(processes, clicks):

@@ -320,6 +320,18 @@ def _choose_rules(part: _Partition, x_keep, params, previous):
     return rules
 
 
+def _verify_rules(part: _Partition, x_keep, params, rules):
+    """The in-memory objective's ``verify_rules`` on the partition's groups:
+    ``(ok, loglik with the rules doubled)``."""
+    obj = _objective(part, x_keep)
+    if obj is None:
+        return None
+    _install_rules(part, obj, rules)
+    with single_thread_blas(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        ok = obj.verify_rules(params)
+    return ok, obj.refined_at[1]
+
+
 def _rules_info(rules):
     """A digest of a partition's rules and its range of points (what the driver keeps)."""
     if rules is None:
@@ -593,6 +605,7 @@ class DaskScalarObjective(ScalarObjective):
         self._reset = False
         # The per-group rules of nagq="auto": one future per partition (None: Gauss-Hermite).
         self.rules, self._tokens, self._points = None, [None] * len(parts), None
+        self.refined_at = None
         self.nevals = 0
         self.last = None
         self.eval_log: list[tuple[float, list[float]]] = []
@@ -666,6 +679,7 @@ class DaskScalarObjective(ScalarObjective):
         except Exception as exc:
             raise DistributedFitError(f"the Dask cluster failed during the fit ({exc})") from exc
         self._tokens = futures
+        self.refined_at = None
         got = [o for o in outs if o is not None]
         self._points = (min(o[1] for o in got), max(o[2] for o in got))
         digest = np.array([o[0] for o in got])
@@ -678,6 +692,19 @@ class DaskScalarObjective(ScalarObjective):
             raise ValueError("a Dask objective's rules are chosen on its workers "
                              "(choose_rules); only set_rules(None) clears them")
         self.rules, self._tokens = None, [None] * len(self.parts)
+        self.refined_at = None
+
+    def verify_rules(self, params: np.ndarray) -> bool | None:
+        """Every partition verifies its groups' rules at ``params`` (the in-memory
+        objective's ``verify_rules``); keeps the doubled rules' log-likelihood as
+        ``refined_at``."""
+        if self.rules is None:
+            return None
+        params = np.asarray(params, dtype=float)
+        outs = [o for o in self._map(_verify_rules, params, per_part=self._tokens)
+                if o is not None]
+        self.refined_at = (params.copy(), float(sum(o[1] for o in outs)))
+        return all(o[0] for o in outs)
 
     @property
     def points_range(self) -> tuple[int, int]:

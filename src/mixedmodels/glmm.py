@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from . import _validate
+from .allocator import keep_freed_memory
 from .agq_vector import VectorObjective, check_points, vector_agq_applies
 # One BLAS thread while fitting: a busy 2-core machine makes threaded BLAS crawl.
 from .blas import single_thread_blas
@@ -162,6 +163,7 @@ def _glmer_any(formula, data, family, weights, nagq, start, link, offset, client
         res = glmer_dask(formula, data, family, weights, nagq, start, link, client=client,
                          verbose=verbose)
     else:
+        keep_freed_memory()  # the kernel's temporaries would page-fault afresh (allocator.py)
         with single_thread_blas():
             res = _glmer(formula, data, family, weights, nagq, start, link, offset)
     # The call, for update() (R keeps it as fit@call).

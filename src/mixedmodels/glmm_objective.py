@@ -121,7 +121,7 @@ class ScalarObjective:
         (it is also the fit's quadrature check). ``None`` when this objective cannot tell
         (no per-unit rules, or another objective's evaluate).
         """
-        if self.rules is None or type(self).evaluate is not ScalarObjective.evaluate:
+        if self.rules is None:
             return None
         params = np.asarray(params, dtype=float)
         if self._last_params is None or not np.array_equal(self._last_params, params):
