@@ -129,8 +129,14 @@ def glmer(formula: str, data: pd.DataFrame, family: str | Family = "binomial",
     Warns
     -----
     QuadratureWarning
-        When doubling the points at the estimates moves the log-likelihood by more than 0.01
-        (the rule is too coarse: the estimates are those of an inaccurate approximation).
+        When a finer rule at the estimates (double the points, at least 20; for ``"auto"``
+        every rule about doubled) moves the log-likelihood by more than 0.01 and, for a
+        fixed ``nagq``, the difference matters: it would move an estimate by more than 0.1
+        standard errors (one Newton step on the finer rule's log-likelihood) or the
+        log-likelihood by more than 1 (the estimates are those of an inaccurate
+        approximation). A smaller difference is noted in ``summary()``
+        (``result.quadrature_converged``, ``result.loglik_check``,
+        ``result.quadrature_shift``).
     ConvergenceWarning
         When the final point fails the check of the optimum.
 
@@ -196,6 +202,31 @@ def glmer_nb(formula: str, data: pd.DataFrame, **kwargs) -> "GlmerResult":
     return glmer(formula, data, family="negative_binomial", **kwargs)
 
 
+#: A fixed rule's fit warns (QuadratureWarning) when a finer rule at its estimates would move
+#: an estimate by more than this many standard errors (one Newton step on the finer rule's
+#: log-likelihood, with the fit's Hessian) ...
+QUAD_WARN_SE = 0.1
+#: ... or changes the log-likelihood by more than this (an LRT statistic moves by twice it).
+QUAD_WARN_LOGLIK = 1.0
+
+
+def _quadrature_shift(chk, opt, kcheck: int) -> float:
+    """How far a finer rule would move the estimates, in standard errors: the largest
+    ``|H^-1 (g_fine - g)|_j / SE_j`` (one Newton step on the finer rule's log-likelihood from
+    the fit's optimum, ``H`` the fit's negative Hessian); NaN when it cannot be computed."""
+    try:
+        with np.errstate(all="ignore"):
+            _, g = chk.evaluate(opt.final, gradient=True, nagq=kcheck, keep=False)
+            H = np.asarray(opt.hessian, dtype=float)
+            g0 = np.zeros(len(g)) if opt.gradient is None else np.asarray(opt.gradient)
+            Hi = np.linalg.inv(H)
+            se = np.sqrt(np.diag(Hi))
+            z = np.abs(Hi @ (np.asarray(g) - g0)) / se
+    except (np.linalg.LinAlgError, FloatingPointError, ValueError, TypeError):
+        return float("nan")
+    return float(np.max(z)) if np.all(np.isfinite(z)) else float("nan")
+
+
 def start_names(ms, family=None) -> list[str]:
     """The order of ``glmer(start=...)``: the fixed effects, then theta term by term (each
     term's lower-triangular factor column by column, named as lme4's ``getME(fit, "theta")``),
@@ -255,6 +286,7 @@ def fit_frame(frame, nagq: int | str, start: np.ndarray | None = None, obj=None,
     res = (result_class or GeneralizedLinearMixedModel)(frame, obj, opt, nagq, auto=auto, history=history)
     # How good is the rule at the estimates? One evaluation with more points tells.
     if frame.scalar or vector:
+        chk = None
         if getattr(obj, "rules", None) is not None:
             # nagq="auto" with per-group rules: every group's rule about doubled.
             kcheck = 2 * nagq - 1
@@ -284,14 +316,28 @@ def fit_frame(frame, nagq: int | str, start: np.ndarray | None = None, obj=None,
         res.quadrature_converged = bool(quad_converged)
         if not quad_converged:
             what = "the Laplace approximation (nagq=1)" if nagq == 1 else f"nagq={nagq} points"
+            warn = True
+            if not auto and chk is not None:
+                # A fixed rule that is not exact is the user's choice (Laplace is lme4's
+                # default): say so only when it matters, when the finer rule would move an
+                # estimate by a tenth of its standard error or the log-likelihood by a unit.
+                res.quadrature_shift = _quadrature_shift(chk, opt, kcheck)
+                warn = (not res.quadrature_shift <= QUAD_WARN_SE
+                        or abs(llc - opt.loglik) > QUAD_WARN_LOGLIK)
+            shift = ("" if res.quadrature_shift is None else
+                     f"; moving the estimates to it would shift one by "
+                     f"{res.quadrature_shift:.2g} standard errors")
             msg = (f"quadrature not converged: with {what} the log-likelihood at the estimates is "
-                   f"{opt.loglik:.3f}, with {kcheck} points {llc:.3f}; the estimates are those of "
-                   "an inaccurate approximation (use more points or nagq='auto')")
+                   f"{opt.loglik:.3f}, with {kcheck} points {llc:.3f}{shift}")
+            if warn:
+                msg += "; the estimates are those of an inaccurate approximation (use more " \
+                       "points or nagq='auto')"
             if auto:
                 msg = (f"quadrature not converged by nagq={nagq} (nagq='auto' stopped at its "
                        "largest rule); " + msg)
             res.notes.append(msg)
-            warnings.warn(msg, QuadratureWarning, stacklevel=3)
+            if warn:
+                warnings.warn(msg, QuadratureWarning, stacklevel=3)
     if not opt.converged:
         msg = f"the fit did not converge: {opt.convergence_message}"
         res.notes.append(msg)

@@ -61,7 +61,15 @@ class GeneralizedLinearMixedModel(MixedModel):
         Scalar models: how many groups have distinct data (each distinct group's integral is
         computed once, weighted by how many groups share it).
     quadrature_converged : bool or None
-        Whether more points leave the log-likelihood unchanged (scalar models).
+        Whether more points leave the log-likelihood unchanged (to 0.01, scalar models and
+        one grouping factor with 2-3 columns); ``loglik_check`` is ``(points, loglik)`` of
+        that finer rule at the estimates.
+    quadrature_shift : float or None
+        A fixed rule that did not converge: how far the finer rule would move the
+        estimates, in standard errors (the largest over the parameters; one Newton step on
+        its log-likelihood). ``QuadratureWarning`` is issued when it exceeds 0.1 or the
+        log-likelihood differs by more than 1; otherwise the difference is only a note in
+        ``summary()``. None when not computed.
     converged : bool
     singular : bool
     optsum : OptSummary
@@ -102,6 +110,7 @@ class GeneralizedLinearMixedModel(MixedModel):
         self.points_range = obj.points_range if rules is not None else None
         self.distinct_groups = getattr(obj, "nunits", None)
         self.quadrature_converged: bool | None = None
+        self.quadrature_shift: float | None = None
         self.notes: list[str] = []
         H = opt.hessian
         try:
