@@ -272,6 +272,8 @@ class DaskLMMProblem(LMMProblem):
         Per evaluation: wall seconds on the driver and each partition's compute seconds.
     """
 
+    analytic_gradient = False  # the optimizer takes finite differences of the cluster's objective
+
     def __init__(self, client, parts: list, model: DaskLMMStructure, ARR: np.ndarray, ldW: float,
                  part_keys: list[np.ndarray], rank: np.ndarray, reml: bool = True,
                  r_in_memory: int | None = None, verbose: bool = False):
