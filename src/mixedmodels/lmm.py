@@ -71,6 +71,17 @@ def _chol2(M: np.ndarray) -> np.ndarray:
     return L
 
 
+def _tri_inv_stack(L: np.ndarray) -> np.ndarray:
+    """Inverses of a stack of lower-triangular k x k matrices (closed form for k = 2)."""
+    if L.shape[1] != 2:
+        return np.linalg.inv(L)
+    out = np.zeros_like(L)
+    out[:, 0, 0] = 1.0 / L[:, 0, 0]
+    out[:, 1, 1] = 1.0 / L[:, 1, 1]
+    out[:, 1, 0] = -L[:, 1, 0] * out[:, 0, 0] * out[:, 1, 1]
+    return out
+
+
 def _lower_solve2(L: np.ndarray, W: np.ndarray) -> np.ndarray:
     """Solve L_g X_g = W_g for a stack of 2 x 2 lower-triangular L_g; W has shape (l, 2, r)."""
     X = np.empty_like(W)
@@ -525,7 +536,7 @@ class LMMProblem:
     def _gradient(self, Ts, L11, U, LRR, pwrss) -> np.ndarray | None:
         q, p, k1, l1 = self.qrest, self.p, self.k1, self.l1
         m = q + (p if self.reml else 0)
-        L11inv = 1.0 / L11 if k1 == 1 else np.linalg.inv(L11)
+        L11inv = 1.0 / L11 if k1 == 1 else _tri_inv_stack(L11)
         # The diagonal blocks of A^{-1}, summed over levels, per term.
         S1 = np.einsum("gji,gjk->ik", L11inv, L11inv)
         G = None
@@ -550,7 +561,9 @@ class LMMProblem:
                 S1 = S1 + np.einsum("gir,gjr->ij", WG, W)
         # The spherical random effects u at theta.
         Lr = LRR[:-1, :-1]
-        v = sla.solve_triangular(Lr, LRR[-1, :-1], lower=True, trans="T", check_finite=False)
+        v, info = sla.lapack.dtrtrs(Lr, LRR[-1, :-1], lower=1, trans=1)
+        if info != 0:
+            return None
         if self.sparse:
             rhs1 = (np.asarray(U[:, -1].toarray()).ravel() - U[:, :-1] @ v).reshape(l1, k1)
         else:
@@ -559,7 +572,7 @@ class LMMProblem:
         if k1 == 1:
             u1 = rhs1 / L11[:, :, 0]
         else:
-            u1 = np.linalg.solve(np.transpose(L11, (0, 2, 1)), rhs1[:, :, None])[:, :, 0]
+            u1 = np.einsum("gji,gj->gi", L11inv, rhs1)
         S = [S1]
         us = [u1]
         for (s, e, k) in self._segments:
@@ -571,7 +584,7 @@ class LMMProblem:
         grad = np.empty(self.ntheta)
         pos = 0
         for t, T, St, ut, (ri, ci) in zip(self.terms, Ts, S, us, self._tril):
-            K = sla.solve_triangular(T, np.eye(t.k), lower=True)
+            K = 1.0 / T if t.k == 1 else sla.lapack.dtrtri(T, lower=1)[0]
             Mt = 2.0 * ((t.nlevels * np.eye(t.k) - St) @ K) - 2.0 * coef * ((ut.T @ ut) @ K)
             grad[pos:pos + len(ri)] = Mt[ci, ri]
             pos += len(ri)
