@@ -184,8 +184,9 @@ def test_profile_intervals(threads, sleep):
 
 
 def test_in_memory_fit_moves_as_far_when_rows_are_permuted(sleep):
-    """Why whole fits are compared to OPT_TOL: the in-memory fit of the same rows in another
-    order (rounding only) moves theta by more than 1e-8, but less than OPT_TOL."""
+    """The in-memory fit of the same rows in another order (rounding only) moves theta by less
+    than OPT_TOL. (With its analytic gradient it moves ~1e-12; the Dask fit takes finite
+    differences, which is why whole fits are compared to OPT_TOL.)"""
     ref = mm.lmer(SLEEP, sleep)
     rng = np.random.default_rng(1)
     moved = []
@@ -193,7 +194,7 @@ def test_in_memory_fit_moves_as_far_when_rows_are_permuted(sleep):
         fit = mm.lmer(SLEEP, sleep.iloc[rng.permutation(len(sleep))])
         moved.append(np.max(np.abs(fit.theta / ref.theta - 1)))
         assert abs(fit.loglik - ref.loglik) <= TOL * (1 + abs(ref.loglik))
-    assert 1e-8 < max(moved) < OPT_TOL
+    assert max(moved) < OPT_TOL
 
 
 @pytest.mark.parametrize("formula, match", [

@@ -23,6 +23,7 @@ ever formed.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from dataclasses import dataclass
@@ -716,6 +717,26 @@ def _value_at(problem: LMMProblem, res: optimize.OptimizeResult) -> float:
     return problem(np.asarray(res.x, dtype=float))
 
 
+def _single_term_start(problem: LMMProblem) -> np.ndarray | None:
+    """A starting theta for a model with several terms: each term's theta fitted with that term
+    alone (and the same fixed effects).
+
+    Such a fit has no dense block, so it costs a few milliseconds, while an evaluation of a
+    wide crossed model costs tens: on InstEval's shape the one-term thetas are within ~20% of
+    the joint optimum and COBYQA then needs about a third fewer evaluations than from lme4's
+    start of 1s. None where a one-term fit fails (the caller keeps lme4's start).
+    """
+    parts = []
+    try:
+        for t in problem.terms:
+            sub = LMMProblem(dataclasses.replace(problem.model, reterms=[t]), reml=problem.reml)
+            parts.append(np.asarray(optimize_theta(sub).final, dtype=float))
+    except (np.linalg.LinAlgError, ValueError, FloatingPointError):
+        return None
+    start = np.concatenate(parts)
+    return start if np.all(np.isfinite(start)) and np.all(start >= problem.lower) else None
+
+
 def optimize_theta(problem: LMMProblem, start: np.ndarray | None = None, method: str | None = None) -> OptSummary:
     """Minimize the profiled objective over theta within its bounds, then check convergence.
 
@@ -723,7 +744,8 @@ def optimize_theta(problem: LMMProblem, start: np.ndarray | None = None, method:
     ----------
     problem : LMMProblem
     start : array, optional
-        Starting theta (lme4's default: 1 on diagonals, 0 elsewhere).
+        Starting theta (lme4's default: 1 on diagonals, 0 elsewhere; for COBYQA on a model
+        with several terms, each term's theta fitted alone, see :func:`_single_term_start`).
     method : {"L-BFGS-B", "COBYQA"}, optional
         Default: L-BFGS-B with the analytic gradient (:meth:`LMMProblem.value_and_gradient`;
         forward differences at a boundary), which needs a quarter to a third of the
@@ -734,9 +756,14 @@ def optimize_theta(problem: LMMProblem, start: np.ndarray | None = None, method:
         (a sparse layout behind a vector-valued first term).
         Both reach lme4's optimum to ~1e-10 relative in the criterion on the reference fits.
     """
-    theta0 = problem.theta0 if start is None else np.asarray(start, dtype=float)
     if method is None:
         method = "COBYQA" if (problem.r >= 200 or (problem.sparse and problem.k1 > 1)) else "L-BFGS-B"
+    radius = 1.0  # COBYQA's default
+    if start is None and method == "COBYQA" and len(problem.terms) > 1 and problem.analytic_gradient:
+        start = _single_term_start(problem)
+        if start is not None:
+            radius = 0.1 * max(1.0, float(np.max(np.abs(start))))
+    theta0 = problem.theta0 if start is None else np.asarray(start, dtype=float)
     if method not in ("L-BFGS-B", "COBYQA"):
         raise ValueError(f"method must be 'L-BFGS-B' or 'COBYQA', got {method!r}")
     problem.evaluations = 0
@@ -751,7 +778,7 @@ def optimize_theta(problem: LMMProblem, start: np.ndarray | None = None, method:
             return optimize.minimize(_analytic_gradient(problem), start_at, jac=True, method="L-BFGS-B",
                                      bounds=bounds, options={"ftol": 1e-12, "gtol": 1e-6, "maxiter": 2000})
         return optimize.minimize(problem, start_at, method="COBYQA", bounds=optimize.Bounds(problem.lower, np.inf),
-                                 options={"final_tr_radius": 1e-6, "maxfev": 2000})
+                                 options={"final_tr_radius": 1e-6, "initial_tr_radius": radius, "maxfev": 2000})
 
     label = ("L-BFGS-B (scipy), analytic gradient" if method == "L-BFGS-B"
              else "COBYQA (scipy), derivative-free")
