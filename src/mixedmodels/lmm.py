@@ -512,8 +512,7 @@ class LMMProblem:
         theta = np.asarray(theta, dtype=float)
         if not self.analytic_gradient or (self.sparse and self.k1 > 1):
             return self(theta), None
-        diag = np.concatenate([ri == ci for ri, ci in self._tril])
-        if np.any(diag & (np.abs(theta) < _GRADIENT_MIN_DIAG)):
+        if np.any(self.layout.diagonal & (np.abs(theta) < _GRADIENT_MIN_DIAG)):
             # At (or next to) the boundary T^{-1} does not exist, and next to it the formula
             # loses every digit (1 - D_g is O(theta^2)): forward differences instead.
             return self(theta), None
@@ -582,14 +581,13 @@ class LMMProblem:
             S.append(G[idx[:, :, None], idx[:, None, :]].sum(axis=0))
             us.append(v[s:e].reshape(nl, k))
         coef = (self.n - p if self.reml else self.n) / pwrss
-        grad = np.empty(self.ntheta)
-        pos = 0
-        for t, T, St, ut, (ri, ci) in zip(self.terms, Ts, S, us, self._tril):
+        # d/dT_ab of tr(M T^{-1} dT) is (M T^{-1})_ba: the gradient in T's shape is its transpose.
+        dT = []
+        for t, T, St, ut in zip(self.terms, Ts, S, us):
             K = 1.0 / T if t.k == 1 else sla.lapack.dtrtri(T, lower=1)[0]
             Mt = 2.0 * ((t.nlevels * np.eye(t.k) - St) @ K) - 2.0 * coef * ((ut.T @ ut) @ K)
-            grad[pos:pos + len(ri)] = Mt[ci, ri]
-            pos += len(ri)
-        return grad
+            dT.append(Mt.T)
+        return self.layout.theta_from_factors(dT)
 
     def _lam(self, Ts: list[np.ndarray]) -> np.ndarray:
         """The diagonal of Lambda_R on the dense block (scalar later terms; 1 on X and y)."""
