@@ -473,7 +473,12 @@ def _build_spec(formula, data, reml, weights, offset) -> _Spec:
     for name, v in (("weights", weights), ("offset", offset), ("grouping factor", group)):
         if v is not None and v not in columns:
             raise ValueError(f"{name} column {v!r} not found in data")
-    sample = data.head(SAMPLE_ROWS, npartitions=-1)
+    # The first partition suffices (reading all of them would read the whole data once more).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sample = data.head(SAMPLE_ROWS, npartitions=1)
+        if len(sample) < SAMPLE_ROWS:
+            sample = data.head(SAMPLE_ROWS, npartitions=-1)
     if len(sample) == 0:
         raise ValueError("the Dask frame has no rows")
     # Dask reads text as pyarrow strings, which formulaic would not code as a factor.
@@ -504,7 +509,7 @@ def _build_spec(formula, data, reml, weights, offset) -> _Spec:
             categories[c] = pd.CategoricalDtype(sorted(pd.unique(vals)))
     sample = sample[cols].dropna()
     if len(sample) == 0:
-        raise ValueError("no complete rows in the first partitions of the data")
+        raise ValueError("no complete rows in the first partition of the data")
     for c, dt in categories.items():
         sample[c] = sample[c].astype(dt)
     tpl = _template(formula, sample, group, weights, offset)
