@@ -11,6 +11,8 @@ the log-likelihood to 1e-8 and theta-dependent estimates to OPT_TOL.
 The whole file is skipped when dask.distributed is not installed.
 """
 
+import os
+import signal
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -23,6 +25,8 @@ distributed = pytest.importorskip("distributed")
 dd = pytest.importorskip("dask.dataframe")
 
 import mixedmodels as mm  # noqa: E402
+from mixedmodels.distributed import DistributedFitError  # noqa: E402
+from mixedmodels.lmm import optimize_theta  # noqa: E402
 from mixedmodels.distributed_lmm import (DaskLinearMixedModel, SUPPORTED,  # noqa: E402
                                          dask_lmm_problem)
 
@@ -140,6 +144,27 @@ def test_sleepstudy_processes(processes, sleep, npartitions, reml):
     np.testing.assert_allclose(s.residuals.to_numpy(dtype=float),
                                t.residuals.to_numpy(dtype=float), rtol=1e-9, atol=1e-9)
     pd.testing.assert_frame_equal(at.confint("wald"), ref.confint("wald"), rtol=1e-9)
+
+
+def test_killed_worker_never_gives_a_wrong_optimum(processes, sleep):
+    """Kill a worker process between evaluations: the lost partitions are rebuilt from their
+    lineage and the fit goes on to the in-memory optimum, or it fails with
+    DistributedFitError; an evaluation that failed is never read as a poor criterion."""
+    ref = mm.lmer(SLEEP, sleep)
+    rows = sleep.iloc[np.random.default_rng(3).permutation(len(sleep))]
+    pr = _quiet(dask_lmm_problem, SLEEP, _ddf(rows, 4), client=processes)
+    before = pr(ref.theta)
+    pids = processes.run(os.getpid)
+    os.kill(pids[sorted(pids)[0]], signal.SIGKILL)
+    try:
+        after = pr(ref.theta)
+        opt = optimize_theta(pr)
+    except DistributedFitError as exc:
+        assert "no estimate is returned" in str(exc)
+    else:
+        assert after == pytest.approx(before, rel=1e-12)
+        fit = DaskLinearMixedModel(pr.model, pr, opt)
+        _assert_same_fit(fit, ref)
 
 
 @pytest.mark.parametrize("npartitions", [1, 2, 4])

@@ -141,7 +141,8 @@ def first_term_cholesky(T1: np.ndarray, A11: np.ndarray) -> tuple[np.ndarray, np
         If a block is not positive definite (only through rounding: ``M_g >= I``).
     """
     k = T1.shape[0]
-    M = np.einsum("ji,gjk,kl->gil", T1, A11, T1) if k > 1 else A11 * T1[0, 0] ** 2
+    # Broadcast matmul: ~10x faster than the three-operand einsum on many levels.
+    M = T1.T @ A11 @ T1 if k > 1 else A11 * T1[0, 0] ** 2
     M = M + np.eye(k)
     if k == 1:
         L11 = np.sqrt(M)
@@ -160,8 +161,8 @@ def first_term_U(L11: np.ndarray, T1: np.ndarray, A1R: np.ndarray) -> np.ndarray
     if k == 1:
         return A1R * (T1[0, 0] / L11)
     if k == 2:
-        return _lower_solve2(L11, np.einsum("ji,gjr->gir", T1, A1R))
-    return np.linalg.solve(L11, np.einsum("ji,gjr->gir", T1, A1R))
+        return _lower_solve2(L11, T1.T @ A1R)
+    return np.linalg.solve(L11, T1.T @ A1R)
 
 
 @dataclass
