@@ -68,6 +68,10 @@ SUPPORTED = ("lmer on a Dask frame supports one grouping factor with any number 
              "random-effect columns, such as (1 | g), (x | g), (x || g) or "
              "(1 | g) + (0 + x | g)")
 
+#: Below this, a diagonal element of ``T`` gets finite differences instead of the analytic
+#: gradient (which needs ``T^{-1}``), as in memory.
+GRADIENT_MIN_DIAG = 1e-4
+
 #: Rows of the frame read on the driver to learn the formula's coding (column types, names).
 SAMPLE_ROWS = 500
 
@@ -190,8 +194,10 @@ def _restrict(part: _Part, cols: np.ndarray) -> _Part:
                                ARR=part.ARR[np.ix_(sel, sel)], rows=rows, cols=np.asarray(cols))
 
 
-def _evaluate(part: _Part, T: np.ndarray):
-    """A partition's sums at ``T``: ``sum_g log det(L_g L_g')`` and ``sum_g U_g' U_g``."""
+def _evaluate(part: _Part, T: np.ndarray, gradient: bool = False):
+    """A partition's sums at ``T``: ``sum_g log det(L_g L_g')`` and ``sum_g U_g' U_g``; with
+    ``gradient``, also ``sum_g L_g^{-T} L_g^{-1}`` and ``sum_g vec(V_g) vec(V_g)'`` for
+    ``V_g = L_g^{-T} U_g`` (``k x (p + 1)``), from which the driver forms the gradient."""
     if part.A11 is None:
         return None
     t0 = time.perf_counter()
@@ -203,7 +209,14 @@ def _evaluate(part: _Part, T: np.ndarray):
         return ("error", str(exc))
     U2 = U.reshape(-1, U.shape[2])
     ld = 2.0 * np.sum(np.log(np.diagonal(L11, axis1=1, axis2=2)))
-    return ("ok", float(ld), U2.T @ U2, time.perf_counter() - t0)
+    out = ["ok", float(ld), U2.T @ U2, 0.0]
+    if gradient:
+        Linv = np.linalg.inv(L11)
+        Lt = np.transpose(Linv, (0, 2, 1))
+        V = (Lt @ U).reshape(len(U), -1)
+        out += [np.sum(Lt @ Linv, axis=0), V.T @ V]
+    out[3] = time.perf_counter() - t0
+    return tuple(out)
 
 
 def _modes(part: _Part, T: np.ndarray, beta: np.ndarray):
@@ -346,9 +359,9 @@ class DaskLMMProblem(LMMProblem):
             raise ValueError("the per-group blocks of a Dask fit stay on its workers")
         return None, None, self._factor(theta)[1]
 
-    def _factor(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
+    def _factor(self, theta: np.ndarray, gradient: bool = False):
         t0 = time.perf_counter()
-        outs = [o for o in self._map(_evaluate, self.block_T(theta)) if o is not None]
+        outs = [o for o in self._map(_evaluate, self.block_T(theta), gradient) if o is not None]
         bad = [o for o in outs if o[0] == "error"]
         if bad:
             raise np.linalg.LinAlgError(bad[0][1])
@@ -362,7 +375,72 @@ class DaskLMMProblem(LMMProblem):
         self.eval_log.append((time.perf_counter() - t0, [o[3] for o in outs]))
         if self._bar is not None:
             self._bar.update(1)
+        if gradient:
+            return ld, LRR, sum(o[4] for o in outs), sum(o[5] for o in outs)
         return ld, LRR
+
+    def value_and_gradient(self, theta: np.ndarray) -> tuple[float, np.ndarray | None]:
+        """The objective and its analytic gradient at theta, in one round trip.
+
+        The in-memory formula (``LMMProblem.value_and_gradient``: the log-determinants'
+        derivative from the diagonal blocks of the inverse, the penalized residual sum of
+        squares' by the envelope theorem) with one grouping factor: per term ``t`` (columns
+        ``c_t`` of the group's block), ``2 tr((l I - S_t) T_t^{-1} dT_t) - 2 (n - p [REML]) /
+        pwrss tr(T_t^{-1} dT_t sum_g u_gt u_gt')``, where ``S = sum_g L_g^{-T} L_g^{-1}``
+        (plus, for REML, ``sum_g W_g G W_g'`` with ``W_g = L_g^{-T} U_g`` on the X columns and
+        ``G = (R_X' R_X)^{-1}``) and ``u_g = L_g^{-T} (U_g y-column - U_g X-columns beta)``.
+        Both are read off the partitions' sums of ``vec(V_g) vec(V_g)'``.
+
+        Returns
+        -------
+        value : float
+            As :meth:`__call__` (one evaluation); +inf where undefined.
+        gradient : ndarray (ntheta,) or None
+            None next to the boundary (a diagonal of ``T`` below ``1e-4``, where ``T^{-1}``
+            does not exist) or where the objective is undefined: the caller uses finite
+            differences there.
+        """
+        theta = np.asarray(theta, dtype=float)
+        diag = np.concatenate([ri == ci for ri, ci in self._tril])
+        if np.any(diag & (np.abs(theta) < GRADIENT_MIN_DIAG)):
+            return self(theta), None
+        self.evaluations += 1
+        try:
+            ld, LRR, S, C = self._factor(theta, gradient=True)
+            c = self.components_from(ld, LRR)
+            val = c.reml if self.reml else c.deviance
+        except np.linalg.LinAlgError:
+            val = np.inf
+        if not np.isfinite(val):
+            val = np.inf
+        if self.record_history:
+            self.history.append((theta.copy(), val))
+        if not np.isfinite(val):
+            return val, None
+        p, K = self.p, self.k1
+        r = p + 1
+        C4 = C.reshape(K, r, K, r)
+        if self.reml:
+            G, info = sla.lapack.dpotri(LRR[:p, :p], lower=1)
+            if info != 0:
+                return val, None
+            G = G + np.tril(G, -1).T
+            S = S + np.einsum("irjs,rs->ij", C4[:, :p, :, :p], G)
+        beta = sla.solve_triangular(LRR[:p, :p], LRR[p, :p], lower=True, trans="T")
+        e = np.r_[-beta, 1.0]
+        UU = np.einsum("irjs,r,s->ij", C4, e, e)
+        coef = (self.n - p if self.reml else self.n) / c.pwrss
+        grad = np.empty(self.ntheta)
+        pos, col = 0, 0
+        for t, T, (ri, ci) in zip(self.terms, self.split_theta(theta), self._tril):
+            blk = slice(col, col + t.k)
+            Kt = sla.solve_triangular(T, np.eye(t.k), lower=True)
+            Mt = 2.0 * ((t.nlevels * np.eye(t.k) - S[blk, blk]) @ Kt) \
+                - 2.0 * coef * (UU[blk, blk] @ Kt)
+            grad[pos:pos + len(ri)] = Mt[ci, ri]
+            pos += len(ri)
+            col += t.k
+        return val, grad
 
     def components(self, theta: np.ndarray):
         """The named pieces of the objective at theta (as the in-memory problem's)."""
