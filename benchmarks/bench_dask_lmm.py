@@ -23,6 +23,7 @@ Usage::
 
     python benchmarks/bench_dask_lmm.py                      # 1e6 rows, 1e5 groups, 2 workers
     python benchmarks/bench_dask_lmm.py --rows 200000 --groups 20000 --workers 1 --no-r
+    python benchmarks/bench_dask_lmm.py --out benchmarks/results/bench_dask_lmm.json
 """
 
 from __future__ import annotations
@@ -158,6 +159,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "mm_bench_dask_lmm")
     ap.add_argument("--no-r", action="store_true", help="skip lme4 even if R is installed")
+    ap.add_argument("--out", type=Path, help="also write the figures to this JSON file")
     ap.add_argument("--case", choices=["dask", "memory"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     folder = args.data / f"rows{args.rows}_groups{args.groups}_files{args.partitions}"
@@ -198,11 +200,18 @@ def main() -> None:
         dth = np.max(np.abs(np.array(d["theta"]) / np.array(m["theta"]) - 1))
         print(f"  Dask vs in memory: log-likelihood {d['loglik'] - m['loglik']:+.2e}, theta "
               f"{dth:.1e} relative")
+    r = float("nan") if args.no_r else lme4_seconds(folder)
     if not args.no_r:
-        r = lme4_seconds(folder)
         print(f"  lme4 lmer: {r:.1f} s" if np.isfinite(r) else "  lme4: not available (Rscript "
               "with lme4 not found)")
     print(f"load average after: {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({
+            "rows": args.rows, "groups": args.groups, "partitions": args.partitions,
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores", "formula": FORMULA,
+            "dask": d, "memory": m, "lme4_seconds": r if np.isfinite(r) else None,
+            "load_average_after": list(os.getloadavg())}, indent=1))
 
 
 if __name__ == "__main__":
