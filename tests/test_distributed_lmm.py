@@ -107,15 +107,15 @@ def _assert_same_at_theta(fit, ref, tol=1e-9):
     assert fit.parameter_names() == ref.parameter_names()
 
 
-def _assert_same_fit(fit, ref):
+def _assert_same_fit(fit, ref, tol=OPT_TOL):
     assert isinstance(fit, DaskLinearMixedModel)
     assert abs(fit.loglik - ref.loglik) <= TOL * (1 + abs(ref.loglik))
     # An optimum at least as good as the in-memory one (same criterion, to rounding).
     assert fit.deviance <= ref.deviance + 1e-9 * abs(ref.deviance)
-    np.testing.assert_allclose(fit.theta, ref.theta, rtol=OPT_TOL, atol=OPT_TOL)
-    np.testing.assert_allclose(fit.fixef, ref.fixef, rtol=OPT_TOL, atol=OPT_TOL)
-    np.testing.assert_allclose(fit.se, ref.se, rtol=OPT_TOL)
-    assert fit.sigma == pytest.approx(ref.sigma, rel=OPT_TOL)
+    np.testing.assert_allclose(fit.theta, ref.theta, rtol=tol, atol=tol)
+    np.testing.assert_allclose(fit.fixef, ref.fixef, rtol=tol, atol=tol)
+    np.testing.assert_allclose(fit.se, ref.se, rtol=tol)
+    assert fit.sigma == pytest.approx(ref.sigma, rel=tol)
     assert fit.nobs == ref.nobs and fit.ngroups == ref.ngroups
     assert fit.converged == ref.converged and fit.singular == ref.singular
 
@@ -192,7 +192,10 @@ def test_simulated_weights_offset_text_covariate(threads, sim, npartitions):
 def test_one_factor_several_terms(threads, sim, formula, reml):
     ref = mm.lmer(formula, sim, reml=reml)
     fit = _quiet(mm.lmer, formula, _ddf(sim, 2), reml=reml, client=threads, verbose=False)
-    _assert_same_fit(fit, ref)
+    # In memory, a second term of the factor is a dense block as wide as its 300 levels,
+    # minimized by COBYQA without derivatives (its trust radius stops at 1e-6); the Dask
+    # fit's block per group keeps the analytic gradient.
+    _assert_same_fit(fit, ref, tol=OPT_TOL if ref.problem.r < 200 else 5e-6)
     for th in (ref.theta, np.ones_like(ref.theta)):
         assert fit.problem(th) == pytest.approx(ref.problem(th), rel=1e-12)
     at = DaskLinearMixedModel(fit.model, fit.problem, replace(fit.optsum, final=ref.theta))

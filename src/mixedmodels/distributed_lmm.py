@@ -293,16 +293,17 @@ class DaskLMMProblem(LMMProblem):
 
     def __init__(self, client, parts: list, model: DaskLMMStructure, ARR: np.ndarray, ldW: float,
                  part_keys: list[np.ndarray], rank: np.ndarray, reml: bool = True,
-                 r_in_memory: int | None = None, verbose: bool = False):
+                 verbose: bool = False):
         self.client, self.parts, self.model = client, parts, model
         self.reml = bool(reml)
         self.terms = model.reterms
         self.n, self.p = model.nobs, model.p
         self.k1, self.l1 = sum(t.k for t in self.terms), self.terms[0].nlevels
         self.qrest = 0                      # one block per group: no dense random part
-        # optimize_theta picks its method from the width of the in-memory dense block: use the
-        # in-memory problem's width, so that both fits run the same optimizer.
-        self.r = r_in_memory if r_in_memory is not None else self.p + 1
+        # The dense block's width: optimize_theta picks L-BFGS-B with the analytic gradient for
+        # it. (In memory, several terms of one factor -- a || term -- make the dense block as
+        # wide as the levels, and a wide one is minimized by COBYQA without derivatives.)
+        self.r = self.p + 1
         self.ARR, self.ldW = ARR, float(ldW)
         # theta's positions, bounds and start: from its one owner, mixedmodels.covariance.
         self.layout = CovarianceLayout(self.terms)
@@ -598,11 +599,6 @@ def _build_spec(formula, data, reml, weights, offset) -> _Spec:
     return _Spec(formula, parsed.lhs, cols, group, categories, tpl, weights, offset, bool(reml))
 
 
-def _in_memory_width(terms, p: int) -> int:
-    """The in-memory problem's dense-block width (``optimize_theta`` picks its method by it)."""
-    return sum(t.q for t in terms[1:]) + p + 1
-
-
 def dask_lmm_problem(formula: str, data, reml: bool = True, *, weights: str | None = None,
                      offset: str | None = None, client=None, verbose: bool = False
                      ) -> DaskLMMProblem:
@@ -727,7 +723,7 @@ def dask_lmm_problem(formula: str, data, reml: bool = True, *, weights: str | No
     ARR = sum(s["ARR"] for s in sums if s["ARR"] is not None)[np.ix_(sel, sel)]
     ldW = float(sum(s["ldW"] for s in sums))
     problem = DaskLMMProblem(client, parts, model, ARR, ldW, part_keys, rank, reml=reml,
-                             r_in_memory=_in_memory_width(terms, p), verbose=verbose)
+                             verbose=verbose)
     problem.shuffled = shuffled
     return problem
 
