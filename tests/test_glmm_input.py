@@ -117,7 +117,7 @@ def test_nagq_needs_a_single_grouping_factor():
         mm.glmer("TICKS ~ YEAR + (1 | BROOD) + (1 | LOCATION)", d, family="poisson", nagq=5)
 
 
-@pytest.mark.parametrize("nagq", [0, -1, 2.5, "many", 5000])
+@pytest.mark.parametrize("nagq", [-1, 2.5, "many", 5000])
 def test_bad_nagq(small, nagq):
     with pytest.raises(ValueError, match="nagq|quadrature points"):
         mm.glmer(F, small, nagq=nagq)

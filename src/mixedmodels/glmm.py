@@ -42,6 +42,7 @@ from .covariance import CovarianceLayout
 from .families import Family
 from .dispersion import with_dispersion
 from .glmm_frame import GlmerFrame, glmer_frame
+from .glmm_nagq0 import fit_nagq0
 from .glmm_nagq import (AUTO_LADDER, AUTO_TOL_LOGLIK, AUTO_TOL_PARAM, QUAD_CHECK_TOL,  # noqa: F401
                         WARMUP_GROUPS, QuadratureWarning, _fit_at, fit_nagq)
 from .glmm_objective import ScalarObjective, _default_start, _glm_start, make_objective  # noqa: F401
@@ -89,7 +90,14 @@ def glmer(formula: str, data: pd.DataFrame, family: str | Family = "binomial",
     weights : str or array, optional
         Prior weights (binomial: numbers of trials), a column name or an array.
     nagq : int or "auto"
-        Points of adaptive Gauss-Hermite quadrature (per dimension). 1 is the Laplace
+        Points of adaptive Gauss-Hermite quadrature (per dimension). 0 is lme4's fast first
+        stage (``nAGQ = 0``, any random-effects structure and family,
+        :mod:`mixedmodels.glmm_nagq0`): the fixed effects are estimated inside PIRLS jointly
+        with the random effects and only the covariance parameters (and a dispersion) are
+        optimized; a quick fit, close to but not at the Laplace maximum (its log-likelihood
+        is at most the ``nagq=1`` one), with lme4's standard errors for it (the inverse joint
+        information given the covariance parameters); not for Dask data, and it cannot be
+        profiled (``confint(method="wald")`` works). 1 is the Laplace
         approximation (any random-effects structure); more points need a single grouping
         factor with at most 3 random effects per level (``(1 | g)``, ``(x | g)``,
         ``(x || g)``; a tensor-product rule of ``nagq ** k`` nodes for ``k`` of them).
@@ -162,6 +170,10 @@ def glmer(formula: str, data: pd.DataFrame, family: str | Family = "binomial",
 def _glmer_any(formula, data, family, weights, nagq, start, link, offset, client, verbose):
     if data.__class__.__module__.startswith("dask"):
         from .formula import parse_formula
+
+        if not isinstance(nagq, str) and check_nagq(nagq) == 0:
+            raise ValueError("nagq=0 (fixed effects inside PIRLS) is for in-memory data; fit a "
+                             "Dask frame with nagq=1 or more")
 
         if offset is not None or parse_formula(formula).offsets:
             raise ValueError("offsets are not supported for Dask data yet; fit in memory")
@@ -242,6 +254,32 @@ def _glmer(formula, data, family, weights, nagq, start, link=None, offset=None):
     return fit_frame(frame, nagq, start)
 
 
+def check_nagq(nagq) -> int | str:
+    """Validate ``glmer``'s ``nagq``: ``"auto"`` or a whole number from 0 (lme4's nAGQ = 0)
+    to the largest Gauss-Hermite rule (a whole float such as ``5.0`` is accepted).
+
+    Raises
+    ------
+    ValueError
+        Naming ``nagq`` and the value given.
+    """
+    if isinstance(nagq, str):
+        if nagq != "auto":
+            raise ValueError(f"`nagq` must be a whole number >= 0 or 'auto', got {nagq!r}")
+        return nagq
+    if isinstance(nagq, (float, np.floating)) and np.isfinite(nagq) and float(nagq).is_integer():
+        nagq = int(nagq)  # nagq=2.0: a whole number written as a float
+    if isinstance(nagq, bool) or not isinstance(nagq, (int, np.integer)):
+        raise ValueError(f"`nagq` must be a whole number >= 0 or 'auto', got {nagq!r}")
+    if nagq < 0:
+        raise ValueError(f"`nagq` must be a whole number >= 0 or 'auto', got {nagq!r} (0 is "
+                         "lme4's nAGQ=0, 1 the Laplace approximation, more adaptive quadrature)")
+    nagq = int(nagq)
+    if nagq > 0:
+        gauss_hermite(nagq)  # validates the upper limit
+    return nagq
+
+
 def fit_frame(frame, nagq: int | str, start: np.ndarray | None = None, obj=None,
               result_class: type | None = None) -> GlmerResult:
     """Stages 2-5 on a model frame: the objective, the optimizer (the ``nagq="auto"``
@@ -258,16 +296,11 @@ def fit_frame(frame, nagq: int | str, start: np.ndarray | None = None, obj=None,
     result_class : type, optional
         Default :class:`GlmerResult`.
     """
-    auto = isinstance(nagq, str)
-    if auto and nagq != "auto":
-        raise ValueError(f"`nagq` must be a whole number >= 1 or 'auto', got {nagq!r}")
-    if not auto:
-        if isinstance(nagq, (float, np.floating)) and np.isfinite(nagq) and float(nagq).is_integer():
-            nagq = int(nagq)  # nagq=2.0: a whole number written as a float
-        if isinstance(nagq, bool) or not isinstance(nagq, (int, np.integer)) or nagq < 1:
-            raise ValueError(f"`nagq` must be a whole number >= 1 or 'auto', got {nagq!r}")
-        nagq = int(nagq)
-        gauss_hermite(nagq)  # validates the upper limit
+    nagq = check_nagq(nagq)
+    auto = nagq == "auto"
+    if nagq == 0 and obj is not None:
+        raise ValueError("nagq=0 (fixed effects inside PIRLS) is for in-memory data; fit a "
+                         "Dask frame with nagq=1 or more")
     if start is not None:
         start = _validate.check_start(start, start_names(frame.ms, frame.family))
     vector = not frame.scalar and vector_agq_applies(frame.ms.reterms)
@@ -276,16 +309,22 @@ def fit_frame(frame, nagq: int | str, start: np.ndarray | None = None, obj=None,
     # The optimizer sees the fixed-effect columns centred and scaled when their units are far
     # from 1 (a covariate in seconds, ~1e9); the optimum is mapped back exactly (scaling.py).
     scaling = fixed_scaling(frame.ms.X, frame.ms.xnames) if obj is None else None
+    frame_s, start_s = frame, start
     if scaling is not None:
+        frame_s = scaled_frame(frame, scaling)
         start_s = None if start is None else scaling.T_inv(len(start)) @ start
-        obj, opt, nagq, quad_converged, history = fit_nagq(scaled_frame(frame, scaling), nagq, start_s, auto, obj)
+    if nagq == 0:
+        # lme4's nAGQ = 0: theta optimized, the fixed effects inside PIRLS (glmm_nagq0.py).
+        obj, opt = fit_nagq0(frame_s, start_s)
+        quad_converged, history = None, []
+    else:
+        obj, opt, nagq, quad_converged, history = fit_nagq(frame_s, nagq, start_s, auto, obj)
+    if scaling is not None:
         obj = original_objective(obj, scaling)
         opt = to_original(opt, scaling, history)
-    else:
-        obj, opt, nagq, quad_converged, history = fit_nagq(frame, nagq, start, auto, obj)
     res = (result_class or GeneralizedLinearMixedModel)(frame, obj, opt, nagq, auto=auto, history=history)
     # How good is the rule at the estimates? One evaluation with more points tells.
-    if frame.scalar or vector:
+    if (frame.scalar or vector) and nagq != 0:
         chk = None
         if getattr(obj, "rules", None) is not None:
             # nagq="auto" with per-group rules: every group's rule about doubled.

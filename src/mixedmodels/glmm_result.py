@@ -329,6 +329,21 @@ class GeneralizedLinearMixedModel(MixedModel):
         f = self.frame
         return f.family.pearson_residuals(f.y, self._mu(), f.m)
 
+    def profile(self, parm=None, level: float = 0.95, npoints: int = 0):
+        """Profile the likelihood (see :meth:`mixedmodels.mixedmodel.MixedModel.profile`).
+
+        Raises
+        ------
+        ValueError
+            For a ``nagq=0`` fit: its estimates are not the optimum of a likelihood that
+            could be profiled (refit with ``nagq=1``, or use ``confint(method="wald")``).
+        """
+        if self.nagq == 0:
+            raise ValueError("a nagq=0 fit cannot be profiled: its fixed effects come from the "
+                             "joint PIRLS, not from maximizing a likelihood; refit with nagq=1 "
+                             "(or use confint(method='wald'))")
+        return super().profile(parm, level=level, npoints=npoints)
+
     # ---- checks -----------------------------------------------------------------------
     def _separation_columns(self) -> list[str]:
         X = self.frame.ms.X
@@ -347,6 +362,8 @@ class GeneralizedLinearMixedModel(MixedModel):
             lo, hi = self.points_range
             method = (f"adaptive quadrature chosen by nagq='auto': {lo}-{hi} points per group, "
                       "each group's integral to 1e-8")
+        elif self.nagq == 0:
+            method = "nAGQ = 0: Laplace Approximation at the joint mode of the fixed and random effects"
         elif self.nagq == 1:
             method = "Laplace Approximation"
         else:
@@ -371,6 +388,12 @@ class GeneralizedLinearMixedModel(MixedModel):
         if self.dispersion is not None:
             notes.insert(0, f"{self.family.dispersion_name} of the {self.family.name} family "
                          f"(estimated by ML with the rest): {self.dispersion:.4g}")
+        if self.nagq == 0:
+            notes.append("nagq=0 (lme4's nAGQ=0): the fixed effects were estimated inside PIRLS "
+                         "jointly with the random effects and only the covariance parameters "
+                         "optimized; a quick fit whose log-likelihood is at most the Laplace "
+                         "(nagq=1) one. Standard errors: the inverse joint information given "
+                         "the covariance parameters, as lme4's")
         if self.loglik_check is not None:
             k, llc = self.loglik_check
             if self.points_range is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -92,6 +93,13 @@ def _refit_glmm(fit, y: np.ndarray, start):
         raise ValueError(f"`newresponse` of a {fam.name} fit must not be negative")
     new_frame = dataclasses.replace(frame, y=y, const=fam.log_const(y, frame.m))
     x0 = np.asarray(fit.opt.final if start is None else start, dtype=float)
+    if fit.nagq == 0:
+        # nAGQ = 0 fits optimize theta only (glmm_nagq0.py); warm-started at the estimates.
+        with G.single_thread_blas(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = G.fit_frame(new_frame, 0, x0)
+        out.call = getattr(fit, "call", None)
+        return out
     with G.single_thread_blas():
         obj = G.make_objective(new_frame, fit.nagq)
         try:
