@@ -47,11 +47,32 @@ JOINT_MAXIT = 100
 
 
 def _solve_columns(F, M: np.ndarray) -> np.ndarray:
-    """``A^{-1} M`` for a ``q x p`` matrix, a column at a time on the blocked factor."""
-    out = np.empty_like(M)
-    for j in range(M.shape[1]):
-        out[:, j] = F.solve(M[:, j])
-    return out
+    """``A^{-1} M`` for a ``q x p`` matrix on the blocked factor, all columns at once (the
+    matrix form of :meth:`mixedmodels.linalg.BlockedFactor.solve`)."""
+    B = F.blocks
+    k1, q1, ncol = B.k1, B.q1, M.shape[1]
+    y1 = np.einsum("gij,gjc->gic", F.L11inv, M[:q1].reshape(B.l1, k1, ncol)).reshape(q1, ncol)
+    if F.LRR is None:
+        return np.einsum("gji,gjc->gic", F.L11inv, y1.reshape(B.l1, k1, ncol)).reshape(q1, ncol)
+    y2 = sla.solve_triangular(F.LRR, M[q1:] - F.U.T @ y1, lower=True, check_finite=False)
+    x2 = sla.solve_triangular(F.LRR, y2, lower=True, trans="T", check_finite=False)
+    r1 = (y1 - F.U @ x2).reshape(B.l1, k1, ncol)
+    x1 = np.einsum("gji,gjc->gic", F.L11inv, r1).reshape(q1, ncol)
+    return np.vstack([x1, x2])
+
+
+class _LaplaceAtMode(LaplaceObjective):
+    """The Laplace objective told the conditional mode of ``u`` (and its factor) instead of
+    finding it: at the joint mode, ``u*`` is also the mode given ``beta*``, so its PIRLS would
+    only confirm it at the cost of one more factorization."""
+
+    _given = None
+
+    def _pirls(self, eta0, z1, zr, u0, F0=None):
+        if self._given is not None:
+            given, self._given = self._given, None
+            return given
+        return super()._pirls(eta0, z1, zr, u0, F0)
 
 
 def _schur(B, z1, zr, X, w, F):
@@ -151,7 +172,7 @@ class Nagq0Objective:
 
     def __init__(self, frame: GlmerFrame, beta0: np.ndarray):
         self.frame, self.family, self.nagq = frame, frame.family, 0
-        self.lap = LaplaceObjective(frame)
+        self.lap = _LaplaceAtMode(frame)
         self.p = 0                       # the optimizer's parameters: theta (then dispersion)
         self.pfix = frame.ms.p
         self.nparams = self.lap.ntheta
@@ -190,14 +211,14 @@ class Nagq0Objective:
         lap, fam = self.lap, self.family
         beta, u, parts = joint_mode(lap, fam, theta, self.beta, self.u)
         Ts, z1, zr, eta, W, F, AiC, S = parts
-        # The Laplace value (and its partial derivatives) at the joint mode: the u-only PIRLS
-        # starts at u* with its factor and stops at once.
+        # The Laplace value (and its partial derivatives) at the joint mode, which is also
+        # the mode of u given beta*.
         lap.family = fam
-        lap.u, lap._F = u, F
-        ll, g = lap.evaluate(np.concatenate([beta, theta]), gradient=gradient, keep=keep)
+        lap._given = (u, eta, F)
+        ll, g = lap.evaluate(np.concatenate([beta, theta]), gradient=gradient, keep=False)
         self.nevals += 1
         if keep:
-            self.beta, self.u = beta, lap.u
+            self.beta, self.u = beta, u
         if not gradient:
             return ll, None
         p = self.pfix
