@@ -9,6 +9,8 @@ A fit is a pipeline of named stages, as lme4's ``glmer``, one module each:
    Gauss-Hermite, any number of points) when there is a single scalar random-effect term,
    Laplace by penalized iteratively reweighted least squares (PIRLS) for any other
    random-effects structure; the ``nagq="auto"`` ladder is :mod:`mixedmodels.glmm_nagq`;
+   ``nagq=0`` (lme4's nAGQ = 0: the fixed effects inside PIRLS, only the covariance
+   parameters optimized) is :mod:`mixedmodels.glmm_nagq0`;
 3. :func:`optimize_glmer` (:mod:`mixedmodels.glmm_optimize`) -- BHHH or BFGS with analytic
    gradients, then Newton steps on a finite-difference Hessian of the analytic gradient;
 4. :func:`check_optimum` (same module) -- is it a maximum? (gradient, Newton decrement,
