@@ -119,7 +119,7 @@ def joint_mode(lap: LaplaceObjective, family, theta: np.ndarray, beta0: np.ndarr
     X, y, m, c = fr.ms.X, fr.y, fr.m, fr.const
     off = 0.0 if fr.ms.offset is None else fr.ms.offset
     B = lap.blocks
-    Ts = lap._Ts(theta)
+    Ts = lap.layout.factors(theta)
     z1, zr = B.ztilde(Ts)
     beta, u = np.array(beta0, dtype=float), np.array(u0, dtype=float)
     eta = X @ beta + off + B.mult(z1, zr, u)
@@ -182,7 +182,7 @@ class Nagq0Objective:
 
     def lower(self) -> np.ndarray:
         """Lower bounds of ``theta`` (0 for the factors' diagonals)."""
-        return self.lap._th_lower.copy()
+        return np.asarray(self.lap.layout.lower, dtype=float).copy()
 
     def reset(self) -> None:
         """Back to the GLM's fixed effects and ``u = 0`` (after a failed evaluation)."""
@@ -232,7 +232,8 @@ class Nagq0Objective:
         # Transpose first: each theta_r then costs one solve with S, and none with A.
         a = sla.solve(S, g_beta, assume_a="pos", check_finite=False)       # S^{-1} g_beta
         r_u = -(AiC @ a)                                                   # the u coefficients
-        for r, (ti, ra, cb) in enumerate(lap.th_index):
+        for r, e in enumerate(lap.layout.entries):
+            ti, ra, cb = e.term, e.row, e.col
             t = lap.terms[ti]
             za = t.Z[:, ra]
             col = lap.offs[ti] + t.codes * t.k + cb
@@ -254,7 +255,7 @@ def _fixef_information(lap: LaplaceObjective, family, beta, u, theta) -> np.ndar
     X = fr.ms.X
     off = 0.0 if fr.ms.offset is None else fr.ms.offset
     B = lap.blocks
-    z1, zr = B.ztilde(lap._Ts(theta))
+    z1, zr = B.ztilde(lap.layout.factors(theta))
     eta = X @ beta + off + B.mult(z1, zr, u)
     if family.canonical:
         w = -family.derivs(eta, fr.y, fr.m, order=2)[1]
