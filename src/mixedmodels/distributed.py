@@ -53,6 +53,7 @@ from .formula import (ModelStructure, ReTerm, _drop_dependent_columns, _label, _
 from .blas import single_thread_blas
 from .glmm import fit_frame
 from .glmm_frame import GlmerFrame, _check_zero_denominators, frame_from_model
+from .agq import DEFAULT_SPAN
 from .compress import WORTHWHILE
 from .glmm_objective import ScalarObjective
 from .glmm_result import GlmerResult
@@ -318,6 +319,17 @@ def _choose_rules(part: _Partition, x_keep, params, previous):
         rules = obj.choose_rules(params)
     part.rules = rules
     return rules
+
+
+def _uniform_rules(part: _Partition, x_keep, points, span):
+    """The in-memory objective's ``uniform_rules`` on the partition (the rules are the
+    result, a future, as :func:`_choose_rules`)."""
+    obj = _objective(part, x_keep)
+    if obj is None:
+        return None
+    obj.uniform_rules(points, span)
+    part.rules = obj.rules
+    return obj.rules
 
 
 def _verify_rules(part: _Partition, x_keep, params, rules):
@@ -685,6 +697,17 @@ class DaskScalarObjective(ScalarObjective):
         digest = np.array([o[0] for o in got])
         self.rules = _RulesDigest(digest, digest, digest)
         return self.rules
+
+    def uniform_rules(self, points: int, span: float = DEFAULT_SPAN) -> None:
+        """Every partition installs the same trapezoid rule for all its groups (the
+        in-memory objective's ``uniform_rules``)."""
+        futures = [self.client.submit(_uniform_rules, f, self.x_keep, int(points), float(span),
+                                      pure=False) for f in self.parts]
+        self._tokens = futures
+        self.refined_at = None
+        self._points = (int(points), int(points))
+        digest = np.array([f"uniform {int(points)} {float(span)}"])
+        self.rules = _RulesDigest(digest, digest, digest)
 
     def set_rules(self, rules) -> None:
         """``None``: back to ``nagq`` Gauss-Hermite points on every partition."""

@@ -31,6 +31,9 @@ AUTO_TOL_PARAM = 1e-4
 QUAD_CHECK_TOL = 1e-2
 #: nagq="auto": at most this many rounds of choosing every group's rule and re-optimizing.
 MAX_RULE_ROUNDS = 2
+#: nagq="auto": the trapezoid rule of every unit during the first BHHH steps, before the
+#: per-unit rules are chosen near the optimum.
+START_POINTS = 49
 #: Data sets with more than 4x this many groups are first fitted on this many random groups.
 WARMUP_GROUPS = 10_000
 
@@ -87,8 +90,10 @@ def _fit_at(frame, nagq, start=None, obj=None, hessian=None):
 def _fit_auto(frame: GlmerFrame, start: np.ndarray | None, obj=None):
     """``nagq="auto"``: the exact maximum-likelihood estimate, every group's integral to 1e-8.
 
-    1. At the start, choose each group's rule (:func:`mixedmodels.agq.choose_rule`: a
-       trapezoid rule converged to 1e-8 in the group's log-integral) and maximize.
+    1. BHHH steps from the start with one trapezoid rule for every group
+       (:data:`START_POINTS`); near the optimum, choose each group's rule
+       (:func:`mixedmodels.agq.choose_rule`: a trapezoid rule converged to 1e-8 in the
+       group's log-integral) and take Newton steps with the kernel's Hessian.
     2. Verify the rules at the estimates
        (:meth:`~mixedmodels.glmm_objective.ScalarObjective.verify_rules`: every rule about
        doubled, one pass, which is also the quadrature check ``glmer`` reports). Where one
@@ -110,18 +115,28 @@ def _fit_auto(frame: GlmerFrame, start: np.ndarray | None, obj=None):
             if sopt_.converged:
                 start, h0 = sopt_.final, sopt_.hessian * (obj.ngroups / WARMUP_GROUPS)
     start = np.asarray(start, dtype=float)
-    obj.choose_rules(start)
     history = []
     x = start
+    uniform = h0 is None and hasattr(obj, "uniform_rules")
+    if uniform:
+        # Far from the optimum the rules need not be exact: one trapezoid rule for every
+        # unit (:data:`START_POINTS` points) for the BHHH steps, cheaper than choosing
+        # rules at a start that is left behind.
+        obj.uniform_rules(START_POINTS)
+    else:
+        obj.choose_rules(start)
     if h0 is None:
         # BHHH steps (one kernel pass each) bring the estimates near the optimum, where the
-        # rules are chosen again before the Newton steps that need a Hessian.
+        # rules are chosen before the Newton steps that need a Hessian.
         try:
             x, _ = _bhhh(obj, start, np.arange(obj.nparams), tol=1e-3)
             history.append((obj.points_range[1], obj.last.loglik, x.copy()))
-            obj.choose_rules(x)
         except FloatingPointError:
+            obj.reset()
             x = start
+        if uniform:
+            obj.set_rules(None)  # chosen afresh where the estimates are, not grown from these
+        obj.choose_rules(x)
     h0_at = None
     if h0 is None and x is not start and getattr(obj, "analytic_hessian", False):
         # Near the optimum the kernel's Hessian (one pass, no finite differences) makes

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .agq import (POINTS_TOL, TAIL_CUT, ChunkResult, GroupRules, _log_integrand, agq_chunk,
+from .agq import (DEFAULT_SPAN, POINTS_TOL, TAIL_CUT, ChunkResult, GroupRules, _log_integrand, agq_chunk,
                   choose_rule, make_chunks)
 from .agq_vector import MAX_COLUMNS, VectorObjective, vector_agq_applies
 from .compress import group_patterns
@@ -108,6 +108,13 @@ class ScalarObjective:
                              for f in ("points", "span", "shift")))
         self.set_rules(rules)
         return rules
+
+    def uniform_rules(self, points: int, span: float = DEFAULT_SPAN) -> None:
+        """Install the same trapezoid rule for every unit: ``points`` points over ``span``
+        Laplace scales either side of its mode (the first steps of ``nagq="auto"``)."""
+        G = self.nunits
+        self.set_rules(GroupRules(np.full(G, int(points), dtype=np.int64),
+                                  np.full(G, float(span)), np.zeros(G)))
 
     def verify_rules(self, params: np.ndarray, tol: float = POINTS_TOL) -> bool | None:
         """Whether the rules in use still integrate every unit to ``tol`` at ``params``.
