@@ -394,4 +394,12 @@ def fit_frame(frame, nagq: int | str, start: np.ndarray | None = None, obj=None,
                "category with all 0s or all 1s?)")
         res.notes.append(msg)
         warnings.warn(msg, ConvergenceWarning, stacklevel=3)
+        if res.converged:
+            # No finite maximum: the log-likelihood only approaches its supremum as these
+            # estimates grow, and the optimizer stopped where the gradient fell below
+            # rounding; the check of the optimum cannot see that.
+            res.converged = opt.converged = False
+            opt.convergence_message = (f"no finite maximum (possible complete separation in "
+                                       f"{', '.join(sep)}): the gradient vanishes only as the "
+                                       "estimates grow without bound")
     return res
