@@ -588,6 +588,11 @@ def choose_rule(beta: np.ndarray, sigma: float, chunk: GroupChunk, family: Famil
         """Walk the ladder from rung ``i0`` for these groups; set their points."""
         pending = groups
 
+        # g at the nodes of the last rule of each nested family (the n-point trapezoid
+        # nodes are every other node of the (2n - 1)-point rule's): a rung whose half is
+        # here evaluates only its new nodes.
+        cache: dict[int, np.ndarray] = {}
+
         def run(k):
             if len(pending) == G:
                 rows, ind = slice(None), chunk
@@ -599,13 +604,22 @@ def choose_rule(beta: np.ndarray, sigma: float, chunk: GroupChunk, family: Famil
                 ind = _Indicator(sp.csr_matrix((np.ones(nr), np.arange(nr), np.r_[st, nr]),
                                                shape=(len(pending), nr)))
             xk, lwk = _trapezoid(int(k))
-            eta = np.multiply.outer(a_rows[rows], xk)
+            half = cache.pop((k + 1) // 2, None) if k % 2 else None
+            xn = xk if half is None else xk[1::2]
+            eta = np.multiply.outer(a_rows[rows], xn)
             eta += eta_c[rows, None]
             ll = family.loglik_rows(eta, chunk.y[rows, None], chunk.m[rows, None],
                                     chunk.const[rows, None])
             sc = s[pending] * span[pending]
-            uk = (u_hat + s * shift)[pending, None] + sc[:, None] * xk[None, :]
-            a = ind.group_sum(ll) - 0.5 * uk * uk + lwk[None, :]
+            un = (u_hat + s * shift)[pending, None] + sc[:, None] * xn[None, :]
+            gn = ind.group_sum(ll) - 0.5 * un * un
+            if half is None:
+                g = gn
+            else:
+                g = np.empty((len(pending), len(xk)))
+                g[:, ::2], g[:, 1::2] = half, gn
+            cache[k] = g
+            a = g + lwk[None, :]
             amax = np.max(a, axis=1)
             return np.log(sc) + amax + np.log(np.sum(np.exp(a - amax[:, None]), axis=1))
 
@@ -624,6 +638,8 @@ def choose_rule(beta: np.ndarray, sigma: float, chunk: GroupChunk, family: Famil
                 return
             keep = np.flatnonzero(~done)
             pending, prev, agreed = pending[keep], cur[keep], ok[keep]
+            for kk in list(cache):
+                cache[kk] = cache[kk][keep]
 
     lad = np.asarray(ladder)
     if minimum is None:
