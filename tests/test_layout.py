@@ -301,7 +301,15 @@ def test_profile_object_can_be_plotted_and_read():
     assert list(ci80.columns) == ["10 %", "90 %"]
     assert np.all(ci80.iloc[:, 0] > ci.iloc[:, 0]) and np.all(ci80.iloc[:, 1] < ci.iloc[:, 1])
     fig = prof.plot()
-    assert len([ax for ax in fig.axes if ax.get_visible()]) == 2
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in axes] == ["sd_Days|Subject", "Days"]
+    for ax in axes:
+        zeta = ax.lines[0].get_ydata()
+        # the points near the interval (the search's far brackets left out), both ends drawn
+        assert np.max(np.abs(zeta)) <= 1.3 * 1.96 and zeta.min() < -1.9 and zeta.max() > 1.9
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
 
 
 def test_layout_is_built_once_from_terms():

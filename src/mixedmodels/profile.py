@@ -475,7 +475,17 @@ class Profile:
         """Plot zeta against each parameter, as lme4's ``xyplot(profile(fit))``.
 
         Dashed horizontal lines mark ``zeta = +-z`` of the profile's level; the dotted vertical
-        line the estimate.
+        line the estimate. Points with ``|zeta|`` beyond 1.3 z (the search's far brackets,
+        such as an SD of 0) are left out, as lme4's profile stops near ``|zeta| = 2.6``.
+
+        Parameters
+        ----------
+        parm : list of str, optional
+            Parameters to draw (default all the profile has), one panel each.
+        ncols : int
+            Panels per row of a new figure.
+        axes : matplotlib Axes or array of Axes, optional
+            Draw into these (one per parameter) instead of a new figure.
 
         Returns
         -------
@@ -497,6 +507,7 @@ class Profile:
             fig = axs[0].figure
         for ax, nm in zip(axs, names):
             t = self.table[self.table.parameter == nm].sort_values("value")
+            t = t[t.zeta.abs() <= 1.3 * z]
             ax.plot(t.value, t.zeta, "o-", ms=3, lw=1)
             for h in (-z, z):
                 ax.axhline(h, ls="--", lw=0.8, color="grey")
