@@ -276,6 +276,10 @@ class LMMProblem:
             self._segments.append((start, start + t.q, t.k))
             start += t.q
         self._all_scalar_rest = all(t.k == 1 for t in rest)
+        # value_and_gradient's formula covers the dense layout, and the sparse one with scalar
+        # terms (InstEval's shape); elsewhere finite differences or COBYQA.
+        self.has_gradient = self.analytic_gradient and (
+            not self.sparse or (self.k1 == 1 and self._all_scalar_rest))
         self._diag_rest = np.arange(self.qrest)
         self.evaluations = 0
         self.history: list[tuple[np.ndarray, float]] = []
@@ -515,11 +519,11 @@ class LMMProblem:
         gradient : ndarray (ntheta,) or None
             None where the formula does not apply: a diagonal element of a ``T`` within
             ``1e-4`` of 0 (the boundary, where ``T^{-1}`` does not exist), a sparse layout
-            with a vector-valued first term, an undefined objective, or a subclass without
-            the formula (``analytic_gradient`` False); the caller uses finite differences.
+            with a vector-valued term (``has_gradient`` False), an undefined objective; the
+            caller uses finite differences.
         """
         theta = np.asarray(theta, dtype=float)
-        if not self.analytic_gradient or (self.sparse and self.k1 > 1):
+        if not getattr(self, "has_gradient", False):
             return self(theta), None
         if np.any(self.layout.diagonal & (np.abs(theta) < _GRADIENT_MIN_DIAG)):
             # At (or next to) the boundary T^{-1} does not exist, and next to it the formula
@@ -528,7 +532,8 @@ class LMMProblem:
         Ts = self.split_theta(theta)
         self.evaluations += 1
         try:
-            L11, U, LRR = self.factor(theta)
+            # The sparse layout's U is not needed: u comes from A1R directly (_gradient).
+            L11, U, LRR = self.factor(theta, need_U=not self.sparse)
             c = self._components(L11, LRR)
             val = c.reml if self.reml else c.deviance
         except np.linalg.LinAlgError:
@@ -550,21 +555,23 @@ class LMMProblem:
         S1 = np.einsum("gji,gjk->ik", L11inv, L11inv)
         G = None
         if m:
+            # potri fills the lower triangle; the upper stays as in LRR: zero (potrf's clean).
             G, info = sla.lapack.dpotri(LRR[:m, :m], lower=1)
             if info != 0:
                 return None
-            G = G + np.tril(G, -1).T
-            if self.sparse:  # k1 == 1: sum_g U_g G U_g' / L11g^2 = tr(G U' D U), U' D U by the update map
+            if self.sparse:
+                # k1 == 1, scalar later terms: sum_g U_g G U_g' / L11g^2 = tr(G U' D U), U' D U by
+                # the update map (its Z-Z block lower only, like G: the full sum is twice the
+                # lower triangle's less the diagonal).
                 T1 = Ts[0][0, 0]
                 M11 = L11[:, 0, 0] ** 2
                 UDU = self._sparse_update((T1 ** 2 / M11 ** 2)[:, None, None])[:m, :m]
                 lam = self._lam(Ts)[:m]
                 UDU *= lam[:, None]
                 UDU *= lam[None, :]
-                t = G * UDU
-                # The update map fills only the lower triangle of the Z-Z block.
-                S1 = S1 + (2.0 * np.sum(t[:q, :q]) - np.trace(t[:q, :q]) + np.sum(t[q:, :]) + np.sum(t[:q, q:]))
+                S1 = S1 + (2.0 * np.einsum("ij,ij->", G, UDU) - np.dot(np.diagonal(G), np.diagonal(UDU)))
             else:
+                G = G + np.tril(G, -1).T
                 W = np.einsum("gji,gjr->gir", L11inv, U[:, :, :m])
                 WG = (W.reshape(l1 * k1, m) @ G).reshape(l1, k1, m)
                 S1 = S1 + np.einsum("gir,gjr->ij", WG, W)
@@ -573,8 +580,10 @@ class LMMProblem:
         v, info = sla.lapack.dtrtrs(Lr, LRR[-1, :-1], lower=1, trans=1)
         if info != 0:
             return None
-        if self.sparse:
-            rhs1 = (np.asarray(U[:, -1].toarray()).ravel() - U[:, :-1] @ v).reshape(l1, k1)
+        if self.sparse:  # U = diag(T1 / L11) A1R Lambda_R, Lambda_R diagonal (scalar later terms)
+            lam = self._lam(Ts)
+            w = np.append(-lam[:-1] * v, 1.0)
+            rhs1 = (Ts[0][0, 0] / L11[:, 0, 0] * (self.A1R @ w)).reshape(l1, k1)
         else:
             U2 = U.reshape(l1 * k1, self.r)
             rhs1 = (U2[:, -1] - U2[:, :-1] @ v).reshape(l1, k1)
@@ -587,7 +596,10 @@ class LMMProblem:
         for (s, e, k) in self._segments:
             nl = (e - s) // k
             idx = s + np.arange(nl)[:, None] * k + np.arange(k)[None, :]
-            S.append(G[idx[:, :, None], idx[:, None, :]].sum(axis=0))
+            blocks = G[idx[:, :, None], idx[:, None, :]]
+            if k > 1:  # G may hold only its lower triangle (the sparse layout)
+                blocks = np.tril(blocks) + np.swapaxes(np.tril(blocks, -1), 1, 2)
+            S.append(blocks.sum(axis=0))
             us.append(v[s:e].reshape(nl, k))
         coef = (self.n - p if self.reml else self.n) / pwrss
         # d/dT_ab of tr(M T^{-1} dT) is (M T^{-1})_ba: the gradient in T's shape is its transpose.
@@ -730,8 +742,8 @@ def _single_term_start(problem: LMMProblem) -> np.ndarray | None:
 
     Such a fit has no dense block, so it costs a few milliseconds, while an evaluation of a
     wide crossed model costs tens: on InstEval's shape the one-term thetas are within ~20% of
-    the joint optimum and COBYQA then needs about a third fewer evaluations than from lme4's
-    start of 1s. None where a one-term fit fails (the caller keeps lme4's start).
+    the joint optimum, and COBYQA needs half the evaluations it needs from lme4's start of 1s.
+    None where a one-term fit fails (the caller keeps lme4's start).
     """
     parts = []
     try:
@@ -751,22 +763,29 @@ def optimize_theta(problem: LMMProblem, start: np.ndarray | None = None, method:
     ----------
     problem : LMMProblem
     start : array, optional
-        Starting theta (lme4's default: 1 on diagonals, 0 elsewhere; for COBYQA on a model
-        with several terms, each term's theta fitted alone, see :func:`_single_term_start`).
+        Starting theta (lme4's default: 1 on diagonals, 0 elsewhere; with a wide dense block
+        and several terms, each term's theta fitted alone, see :func:`_single_term_start`).
     method : {"L-BFGS-B", "COBYQA"}, optional
         Default: L-BFGS-B with the analytic gradient (:meth:`LMMProblem.value_and_gradient`;
         forward differences at a boundary), which needs a quarter to a third of the
-        evaluations of derivative-free methods; COBYQA (Powell-style derivative-free trust
-        region with quadratic models, the successor of lme4's BOBYQA) when the dense block
-        is wide (200 columns or more: there the gradient's ``potri`` costs twice the
-        factorization, and COBYQA's extra evaluations cost less) or has no analytic gradient
-        (a sparse layout behind a vector-valued first term).
-        Both reach lme4's optimum to ~1e-10 relative in the criterion on the reference fits.
+        evaluations of derivative-free methods. Without the formula (a sparse layout with a
+        vector-valued term, or a subclass that evaluates elsewhere): forward differences for
+        a narrow dense block, COBYQA (Powell-style derivative-free trust region with
+        quadratic models, the successor of lme4's BOBYQA) for a wide one. With a wide dense
+        block (200 columns or more) and several terms, both start from each term's theta
+        fitted alone (:func:`_single_term_start`): on InstEval's shape L-BFGS-B then needs 10
+        evaluations with gradients (each about three times a plain one: ``potri`` on the
+        dense block), COBYQA 44 plain ones. Both reach lme4's optimum to ~1e-10 relative in
+        the criterion on the reference fits.
     """
+    # A subclass with its own value_and_gradient (the Dask problem) says so by analytic_gradient.
+    has_gradient = getattr(problem, "has_gradient", problem.analytic_gradient)
     if method is None:
-        method = "COBYQA" if (problem.r >= 200 or (problem.sparse and problem.k1 > 1)) else "L-BFGS-B"
+        wide = problem.r >= 200 or problem.sparse
+        method = "L-BFGS-B" if has_gradient or not wide else "COBYQA"
     radius = 1.0  # COBYQA's default
-    if start is None and method == "COBYQA" and len(problem.terms) > 1 and problem.analytic_gradient:
+    if start is None and problem.r >= 200 and len(problem.terms) > 1 and type(problem) is LMMProblem:
+        # A wide dense block: evaluations are expensive, one-term fits are not.
         start = _single_term_start(problem)
         if start is not None:
             radius = 0.1 * max(1.0, float(np.max(np.abs(start))))
@@ -787,7 +806,7 @@ def optimize_theta(problem: LMMProblem, start: np.ndarray | None = None, method:
         return optimize.minimize(problem, start_at, method="COBYQA", bounds=optimize.Bounds(problem.lower, np.inf),
                                  options={"final_tr_radius": 1e-6, "initial_tr_radius": radius, "maxfev": 2000})
 
-    label = ("L-BFGS-B (scipy), analytic gradient" if method == "L-BFGS-B"
+    label = (f"L-BFGS-B (scipy), {'analytic' if has_gradient else 'forward-difference'} gradient" if method == "L-BFGS-B"
              else "COBYQA (scipy), derivative-free")
     res = run(theta0)
     # The optimizers start by evaluating theta0; its value is in the history.
