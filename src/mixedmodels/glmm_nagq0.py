@@ -44,6 +44,8 @@ __all__ = ["Nagq0Objective", "fit_nagq0", "joint_mode"]
 #: than this (the mode is then exact to ~1e-9 relative, the Laplace value to ~1e-16).
 JOINT_TOL = 1e-18
 JOINT_MAXIT = 100
+#: Most chord steps (with the previous evaluation's factor) before Newton steps.
+CHORD_MAXIT = 30
 
 
 def _solve_columns(F, M: np.ndarray) -> np.ndarray:
@@ -87,7 +89,7 @@ def _schur(B, z1, zr, X, w, F):
 
 
 def joint_mode(lap: LaplaceObjective, family, theta: np.ndarray, beta0: np.ndarray,
-               u0: np.ndarray):
+               u0: np.ndarray, prev: tuple | None = None):
     """The joint conditional mode of ``(beta, u)`` at ``theta``, by Newton steps with step
     halving (PIRLS with the fixed effects in the system).
 
@@ -100,6 +102,8 @@ def joint_mode(lap: LaplaceObjective, family, theta: np.ndarray, beta0: np.ndarr
     theta : ndarray (ntheta,)
     beta0 : ndarray (p,), u0 : ndarray (q,)
         Starting values (the previous evaluation's mode).
+    prev : tuple, optional
+        ``(F, AiC, S)`` of the previous evaluation: chord steps with them first.
 
     Returns
     -------
@@ -124,19 +128,44 @@ def joint_mode(lap: LaplaceObjective, family, theta: np.ndarray, beta0: np.ndarr
     beta, u = np.array(beta0, dtype=float), np.array(u0, dtype=float)
     eta = X @ beta + off + B.mult(z1, zr, u)
     f = float(np.sum(family.loglik_rows(eta, y, m, c)) - 0.5 * u @ u)
+
+    def step(F, AiC, S, d1):
+        gu = B.tmult(z1, zr, d1) - u
+        gb = X.T @ d1
+        db = sla.solve(S, gb - AiC.T @ gu, assume_a="pos", check_finite=False)
+        du = F.solve(gu) - AiC @ db
+        small = (np.max(np.abs(du), initial=0.0) < 1e-11 * (1.0 + np.max(np.abs(u), initial=0.0))
+                 and np.max(np.abs(db), initial=0.0)
+                 < 1e-11 * (1.0 + np.max(np.abs(beta), initial=0.0)))
+        return du, db, float(gu @ du + gb @ db), small
+
+    if prev is not None:
+        # Chord steps with the previous evaluation's factor and Schur complement (a nearby
+        # theta): each costs one solve instead of a factorization, and they bring the mode
+        # to nearly the tolerance, so that usually one factorization -- the one the
+        # log-determinant and the gradient need anyway -- confirms convergence.
+        F0, AiC0, S0 = prev
+        last = np.inf
+        for _ in range(CHORD_MAXIT):
+            d1 = family.derivs(eta, y, m, order=2)[0]
+            du, db, dec, small = step(F0, AiC0, S0, d1)
+            if dec < JOINT_TOL or small or not np.isfinite(dec):
+                break
+            un, bn = u + du, beta + db
+            etan = eta + X @ db + B.mult(z1, zr, du)
+            f_new = float(np.sum(family.loglik_rows(etan, y, m, c)) - 0.5 * un @ un)
+            if not f_new >= f - 1e-12 * abs(f):
+                break
+            beta, u, eta, f = bn, un, etan, f_new
+            if dec > 0.3 * last:  # slow contraction: Newton does better from here
+                break
+            last = dec
     for _ in range(JOINT_MAXIT):
         d1, d2 = family.derivs(eta, y, m, order=2)
         W = -d2
         F = B.factor(z1, zr, W)
         AiC, S = _schur(B, z1, zr, X, W, F)
-        gu = B.tmult(z1, zr, d1) - u
-        gb = X.T @ d1
-        Aigu = F.solve(gu)
-        db = sla.solve(S, gb - AiC.T @ gu, assume_a="pos", check_finite=False)
-        du = Aigu - AiC @ db
-        dec = float(gu @ du + gb @ db)
-        small = (np.max(np.abs(du), initial=0.0) < 1e-11 * (1.0 + np.max(np.abs(u), initial=0.0))
-                 and np.max(np.abs(db), initial=0.0) < 1e-11 * (1.0 + np.max(np.abs(beta), initial=0.0)))
+        du, db, dec, small = step(F, AiC, S, d1)
         if dec < JOINT_TOL or small:
             break
         deta = X @ db + B.mult(z1, zr, du)
@@ -188,6 +217,7 @@ class Nagq0Objective:
         """Back to the GLM's fixed effects and ``u = 0`` (after a failed evaluation)."""
         self.beta = self._beta_start.copy()
         self.u = np.zeros(self.lap.q)
+        self._prev = None
         self.lap.reset()
 
     def evaluate(self, params, gradient: bool = True, nagq=None, keep: bool = True, **kw):
@@ -209,7 +239,7 @@ class Nagq0Objective:
         """
         theta = np.asarray(params, dtype=float)
         lap, fam = self.lap, self.family
-        beta, u, parts = joint_mode(lap, fam, theta, self.beta, self.u)
+        beta, u, parts = joint_mode(lap, fam, theta, self.beta, self.u, self._prev)
         Ts, z1, zr, eta, W, F, AiC, S = parts
         # The Laplace value (and its partial derivatives) at the joint mode, which is also
         # the mode of u given beta*.
@@ -218,7 +248,7 @@ class Nagq0Objective:
         ll, g = lap.evaluate(np.concatenate([beta, theta]), gradient=gradient, keep=False)
         self.nevals += 1
         if keep:
-            self.beta, self.u = beta, u
+            self.beta, self.u, self._prev = beta, u, (F, AiC, S)
         if not gradient:
             return ll, None
         p = self.pfix
