@@ -224,13 +224,15 @@ QUAD_WARN_SE = 0.1
 QUAD_WARN_LOGLIK = 1.0
 
 
-def _quadrature_shift(chk, opt, kcheck: int) -> float:
+def _quadrature_shift(chk, opt, kcheck: int, g=None) -> float:
     """How far a finer rule would move the estimates, in standard errors: the largest
     ``|H^-1 (g_fine - g)|_j / SE_j`` (one Newton step on the finer rule's log-likelihood from
-    the fit's optimum, ``H`` the fit's negative Hessian); NaN when it cannot be computed."""
+    the fit's optimum, ``H`` the fit's negative Hessian); NaN when it cannot be computed.
+    ``g``: the finer rule's gradient at the estimates, when already computed."""
     try:
         with np.errstate(all="ignore"):
-            _, g = chk.evaluate(opt.final, gradient=True, nagq=kcheck, keep=False)
+            if g is None:
+                _, g = chk.evaluate(opt.final, gradient=True, nagq=kcheck, keep=False)
             H = np.asarray(opt.hessian, dtype=float)
             g0 = np.zeros(len(g)) if opt.gradient is None else np.asarray(opt.gradient)
             Hi = np.linalg.inv(H)
@@ -327,7 +329,7 @@ def fit_frame(frame, nagq: int | str, start: np.ndarray | None = None, obj=None,
     res = (result_class or GeneralizedLinearMixedModel)(frame, obj, opt, nagq, auto=auto, history=history)
     # How good is the rule at the estimates? One evaluation with more points tells.
     if (frame.scalar or vector) and nagq != 0:
-        chk = None
+        chk = g_check = None
         if getattr(obj, "rules", None) is not None:
             # nagq="auto" with per-group rules: every group's rule about doubled.
             kcheck = 2 * nagq - 1
@@ -345,7 +347,9 @@ def fit_frame(frame, nagq: int | str, start: np.ndarray | None = None, obj=None,
                 kcheck = check_points(nagq, frame.ms.reterms)
                 chk = obj if isinstance(obj, VectorObjective) else \
                     with_dispersion(VectorObjective(frame, kcheck), frame)
-            llc, _ = chk.evaluate(opt.final, gradient=False, nagq=kcheck, keep=False)
+            # The scalar kernel's gradient comes in the same pass (for the shift below).
+            llc, g_check = chk.evaluate(opt.final, gradient=frame.scalar, nagq=kcheck,
+                                        keep=False)
         res.loglik_check = (kcheck, float(llc))
         if quad_converged is None:
             quad_converged = abs(llc - opt.loglik) <= QUAD_CHECK_TOL
@@ -362,7 +366,7 @@ def fit_frame(frame, nagq: int | str, start: np.ndarray | None = None, obj=None,
                 # A fixed rule that is not exact is the user's choice (Laplace is lme4's
                 # default): say so only when it matters, when the finer rule would move an
                 # estimate by a tenth of its standard error or the log-likelihood by a unit.
-                res.quadrature_shift = _quadrature_shift(chk, opt, kcheck)
+                res.quadrature_shift = _quadrature_shift(chk, opt, kcheck, g_check)
                 warn = (not res.quadrature_shift <= QUAD_WARN_SE
                         or abs(llc - opt.loglik) > QUAD_WARN_LOGLIK)
             shift = ("" if res.quadrature_shift is None else
