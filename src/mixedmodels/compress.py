@@ -52,11 +52,17 @@ class GroupPatterns:
         A representative group of each pattern (its first in group order).
     count : ndarray of float (P,)
         Number of groups with each pattern (the pattern's weight in every sum).
+    key : ndarray of uint64 (P,), optional
+        The 64-bit hash of each pattern's rows (its representative's): the same rows give
+        the same key in any data set, so tables of patterns built apart (the Dask fitter's
+        partitions) can be merged on it. Two patterns with one key (a hash collision) are
+        still told apart here; a merge must compare their rows.
     """
 
     pattern: np.ndarray
     rep: np.ndarray
     count: np.ndarray
+    key: np.ndarray | None = None
 
     @property
     def npatterns(self) -> int:
@@ -143,4 +149,4 @@ def group_patterns(columns: Sequence[np.ndarray], group_codes: np.ndarray, ngrou
     key = np.where(ok, rep_of_group, np.arange(ngroups))        # a collision: its own pattern
     rep, pattern = np.unique(key, return_inverse=True)
     count = np.bincount(pattern, minlength=len(rep)).astype(float)
-    return GroupPatterns(pattern.astype(np.int64), rep.astype(np.int64), count)
+    return GroupPatterns(pattern.astype(np.int64), rep.astype(np.int64), count, gh[rep])

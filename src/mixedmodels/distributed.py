@@ -1,161 +1,84 @@
-"""``glmer`` out of core on Dask: the scalar kernel mapped over partitions of whole groups.
+"""``glmer`` out of core on Dask: two exact paths, chosen by the data.
 
 A Dask frame passed to :func:`mixedmodels.glmer` is fitted here, on a ``dask.distributed``
 cluster (the current client, one passed as ``client=``, or a local one). The data stay where
-they live:
+they live; rows of one group must be in one partition, so a frame whose groups straddle
+partitions is shuffled on the grouping column once (Dask's task-based shuffle).
 
-1. **Stage 1 on the workers.** The formula's columns are read partition by partition. If the
-   rows of a group lie in more than one partition, the frame is shuffled on the grouping column
-   once. Each partition becomes its own model frame (the in-memory code,
+**The pattern path** (:mod:`mixedmodels.distributed_patterns`). Each partition reduces its
+groups to their distinct patterns with counts (the in-memory fitter's compression), a tree
+reduction merges them, and when the merged table is small (:data:`PATTERN_BUDGET` bytes) and
+compression pays (distinct patterns at most ``compress.WORTHWHILE`` of the groups, the
+in-memory rule) it is fitted in memory: one pass over the data, then no more traffic.
+
+**The partition path.** Otherwise the kernel is mapped over the partitions:
+
+1. *Stage 1 on the workers.* Each partition becomes its own model frame (the in-memory code,
    :func:`mixedmodels.glmm.frame_from_model`) and its own in-memory
    :class:`~mixedmodels.glmm.ScalarObjective` (chunks of whole groups, warm starts of the
    conditional modes), built on its worker and kept there (a persisted future).
-2. **Stage 2 on the driver.** :class:`DaskScalarObjective` has the in-memory objective's
+2. *Stage 2 on the driver.* :class:`DaskScalarObjective` has the in-memory objective's
    interface (``evaluate``, ``modes``, ``lower``, ``reset``, ``subset``). An evaluation sends
    only the parameters to every partition and adds the sums that come back: log-likelihood,
-   gradient, and the outer products of the groups' scores that BHHH uses.
-3. **Stages 3-5 are the in-memory ones** (:func:`mixedmodels.glmm.fit_frame`): the same
-   optimizer, the same check of the optimum, the same ``nagq="auto"`` (each partition chooses
-   its groups' rules where they live and keeps them), so a Dask fit equals an in-memory fit of
-   the same rows to rounding.
+   gradient, the outer products of the groups' scores that BHHH uses, and (for
+   ``nagq="auto"``'s Newton steps and the standard errors) the kernel's analytic Hessian.
 
-A lost worker: Dask recomputes the partitions it held from their lineage (the read, the
-shuffle, the build), and the fit goes on; a partition that has lost state the fit depends on
-(the per-group rules), or a cluster that cannot recover, raises :class:`DistributedFitError`.
-An evaluation that fails is never read as a poor log-likelihood.
+Either way **stages 3-5 are the in-memory ones** (:func:`mixedmodels.glmm.fit_frame`): the same
+optimizer, the same check of the optimum, the same ``nagq="auto"``, so a Dask fit equals an
+in-memory fit of the same rows to rounding. ``fit.distributed["path"]`` (``"patterns"`` or
+``"partitions"``) and a line of the summary say which path ran, and why.
 
-Not done here: ``lmer`` on Dask, and fitting the merged table of distinct groups in memory
-when it is small (each partition already evaluates its distinct groups once, weighted).
+A lost worker: Dask recomputes what it held from lineage (the read, the shuffle, the build),
+and the fit goes on; a partition that has lost state the fit depends on (the per-group rules),
+or a cluster that cannot recover, raises :class:`DistributedFitError`. An evaluation that fails
+is never read as a poor log-likelihood.
 
 Only the starting values are computed differently: the in-memory start solves a least-squares
-problem on all rows at once; here the same iteration runs on sums over partitions.
+problem on all rows at once; here the same iteration runs on sums.
 """
 
 from __future__ import annotations
 
-import atexit
 import hashlib
-import os
 import time
 import uuid
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from .covariance import CovarianceLayout
-from .families import Family, get_family
-from .formula import (ModelStructure, ReTerm, _drop_dependent_columns, _label, _lhs_variables,
-                      _model_matrix, _required_fixed, apply_new_level_rule, evaluate_response, match_levels,
-                      parse_formula)
 from .blas import single_thread_blas
-from .glmm import fit_frame
-from .glmm_frame import GlmerFrame, _check_zero_denominators, frame_from_model
 from .agq import DEFAULT_SPAN
 from .compress import WORTHWHILE
-from .glmm_objective import ScalarObjective
+from .distributed_frame import (DaskGlmerFrame, DaskModel, DaskReTerm,  # noqa: F401 (re-exported)
+                                DistributedFitError, _build_spec, _check_spec_input,
+                                _partition_frame, _part_keys, _rank_of, _Spec, _SUPPORTED,
+                                complete_rows, default_start, get_client, glm_sums,
+                                intercept_sums, kept_columns, reissue)
+from .distributed_patterns import (PATTERN_BUDGET, PatternObjective, PatternPass,
+                                   level_patterns, pattern_pass)
+from .families import Family
+from .formula import ModelStructure, ReTerm
+from .glmm import fit_frame
+from .glmm_frame import GlmerFrame
+from .glmm_objective import ScalarObjective, fold_points
 from .glmm_result import GlmerResult
 
 __all__ = ["glmer_dask", "DaskScalarObjective", "DaskGlmerResult", "DistributedFitError",
-           "get_client", "dask_objective"]
+           "get_client", "dask_objective", "PATTERN_BUDGET"]
+
+#: The paths a Dask fit can take (``dask_path=``): chosen from the data, or forced.
+PATHS = ("auto", "patterns", "partitions")
 
 #: Rows per kernel chunk inside a partition (bounds the kernel's rows x nodes arrays).
 CHUNK_ROWS = 200_000
 
 
-class DistributedFitError(RuntimeError):
-    """The cluster failed during a fit (a worker lost for good, a closed connection).
-
-    Raised instead of returning an estimate: a failed evaluation is never read as a poor
-    log-likelihood, so it can never steer the optimizer to a wrong optimum.
-    """
-
-
-# =========================================================================================
-# The client
-# =========================================================================================
-
-_LOCAL: list = []  # the embedded LocalCluster and its client, created on first use
-
-
-def get_client(client=None):
-    """The ``dask.distributed`` client a fit runs on.
-
-    Parameters
-    ----------
-    client : Client or str, optional
-        A client, or the address of a scheduler (``"tcp://host:8786"``) to connect to.
-        Default: the current client if there is one, else a :class:`LocalCluster` on this
-        machine, started once and kept for the session: one single-threaded worker process
-        per core in a notebook or an interactive session, one worker with a thread per core
-        in a script run as a file (worker processes would re-run an unguarded script; create
-        your own ``Client`` under ``if __name__ == "__main__":`` for processes there).
-
-    Returns
-    -------
-    distributed.Client
-    """
-    from distributed import Client, LocalCluster
-
-    if isinstance(client, str):
-        return Client(client)
-    if client is not None:
-        return client
-    try:
-        from distributed import get_client as current
-        return current()
-    except ValueError:
-        pass
-    if not _LOCAL:
-        # Worker processes are started by spawning, which re-runs a script's top level: in a
-        # plain `python script.py` without an `if __name__ == "__main__":` guard that fails
-        # ("Nanny failed to start") or repeats the script's work. So a script gets threads;
-        # a notebook or an interactive session (no __main__.__file__) gets processes.
-        import logging
-        import __main__
-
-        processes = not hasattr(__main__, "__file__")
-        n = max(1, min(os.cpu_count() or 1, 4))
-        cluster = LocalCluster(n_workers=n if processes else 1,
-                               threads_per_worker=1 if processes else n,
-                               processes=processes, dashboard_address=":0",
-                               silence_logs=logging.ERROR)
-        _LOCAL.extend([cluster, Client(cluster)])
-        atexit.register(_close_local)
-    return _LOCAL[1]
-
-
-def _close_local() -> None:
-    while _LOCAL:
-        try:
-            _LOCAL.pop().close()
-        except Exception:  # closing at exit: nothing useful to do with a failure
-            pass
-
-
 # =========================================================================================
 # Stage 1: what every partition needs, and the partitions' own frames
 # =========================================================================================
-
-
-@dataclass
-class _Spec:
-    """How to read one partition exactly as the in-memory ``glmer_frame`` reads all rows."""
-
-    formula: str
-    lhs: str
-    cols: list[str]
-    group: str
-    term: Any
-    categories: dict[str, pd.CategoricalDtype]
-    fixed_spec: Any
-    xnames: list[str]
-    z_spec: Any
-    cnames: list[str]
-    family: Family
-    weights: str | None
 
 
 @dataclass
@@ -173,46 +96,36 @@ class _Partition:
     rules: Any = None                # the per-group rules installed in obj (nagq="auto")
 
 
-def _partition_frame(sub: pd.DataFrame, spec: _Spec) -> tuple[GlmerFrame, np.ndarray]:
-    """The partition's ``GlmerFrame`` (the in-memory code on its rows) and its group keys."""
-    _check_zero_denominators(spec.formula, sub)
-    y, pieces, ratio = evaluate_response(spec.lhs, sub)
-    if not np.all(np.isfinite(y)):
-        raise ValueError(f"the response {spec.lhs!r} has infinite values")
-    X = np.ascontiguousarray(np.asarray(spec.fixed_spec.get_model_matrix(sub), dtype=float))
-    if not np.all(np.isfinite(X)):
-        raise ValueError("the fixed-effects matrix has infinite values")
-    if spec.z_spec is None:
-        Z = np.ones((len(sub), 1))
-    else:
-        Z = np.ascontiguousarray(np.asarray(spec.z_spec.get_model_matrix(sub), dtype=float))
-    col = sub[spec.group]
-    if isinstance(col.dtype, pd.CategoricalDtype):
-        col = col.cat.remove_unused_categories()
-        codes = col.cat.codes.to_numpy(dtype=np.int64)
-        keys = np.asarray(col.cat.categories)
-    else:
-        codes, keys = pd.factorize(col, sort=True)
-        codes, keys = np.asarray(codes, dtype=np.int64), np.asarray(keys)
-    term = ReTerm(spec=spec.term, group=spec.group, codes=codes, levels=keys, Z=Z,
-                  cnames=spec.cnames, correlated=True, level_keys=[], model_spec=spec.z_spec)
-    ms = ModelStructure(formula=spec.formula, parsed=parse_formula(spec.formula), data=sub, y=y,
-                        lhs_terms=pieces, lhs_ratio=ratio, X=X, xnames=list(spec.xnames),
-                        dropped_columns=[], rows=sub.index, n_dropped=0, reterms=[term],
-                        fixed_spec=spec.fixed_spec, x_keep=np.arange(X.shape[1]))
-    return frame_from_model(ms, sub, spec.family, spec.weights), keys
+class _PartitionObjective(ScalarObjective):
+    """A partition's in-memory objective. Which rules are merged into larger ones for speed
+    (:func:`mixedmodels.glmm_objective.fold_points`) is decided over all partitions' distinct
+    groups, as one in-memory objective decides it over all its groups, so that every group
+    is integrated with the same points as in memory."""
+
+    fold: tuple[np.ndarray, np.ndarray] | None = None   # (chosen points, points used)
+
+    def _fold_points(self, points: np.ndarray, nrows: np.ndarray) -> np.ndarray:
+        if self.fold is None:
+            return super()._fold_points(points, nrows)
+        ks, used = self.fold
+        i = np.minimum(np.searchsorted(ks, points), len(ks) - 1)
+        return np.where(ks[i] == points, used[i], points)
+
+
+@dataclass
+class _FoldedRules:
+    """A partition's per-group rules and the fold decided over all partitions: what a task
+    installs before it evaluates (a future, so a rebuilt partition gets both)."""
+
+    rules: Any
+    fold: tuple[np.ndarray, np.ndarray]
 
 
 def _build_partition(df: pd.DataFrame, spec: _Spec) -> _Partition:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        sub = df[spec.cols]
-        complete = sub.notna().all(axis=1).to_numpy()
-        n_dropped = int((~complete).sum())
-        sub = sub.loc[complete].reset_index(drop=True)
+        sub, n_dropped = complete_rows(df, spec)
         del df
-        for c, dt in spec.categories.items():
-            sub[c] = sub[c].astype(dt)
         obj = None
         summary = {"n": 0, "XtX": None, "colmax": None, "z_one": True}
         if len(sub):
@@ -221,7 +134,7 @@ def _build_partition(df: pd.DataFrame, spec: _Spec) -> _Partition:
             X = frame.ms.X
             summary = {"n": len(frame.y), "XtX": X.T @ X, "colmax": np.max(np.abs(X), axis=0),
                        "z_one": bool(np.all(frame.ms.reterms[0].Z[:, 0] == 1.0))}
-            obj = ScalarObjective(frame, 1, max_rows=CHUNK_ROWS)
+            obj = _PartitionObjective(frame, 1, max_rows=CHUNK_ROWS)
             obj.frame = None   # the chunks hold the rows now
             summary["unit_hashes"] = _unit_hashes(obj)
             del frame
@@ -250,13 +163,6 @@ def _unit_hashes(obj: ScalarObjective) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0, dtype=np.uint64)
 
 
-def _part_keys(df: pd.DataFrame, group: str) -> np.ndarray:
-    col = df[group].dropna()
-    if isinstance(col.dtype, pd.CategoricalDtype):
-        return np.asarray(col.cat.remove_unused_categories().cat.categories)
-    return np.asarray(pd.unique(col))
-
-
 def _summary(part: _Partition) -> dict:
     """What the driver needs once: keys, counts, the Gram matrix of X, warnings."""
     return dict(part.summary, keys=part.keys, n_dropped=part.n_dropped, warnings=part.warnings)
@@ -278,8 +184,9 @@ _NUMERIC_ERRORS = (np.linalg.LinAlgError, FloatingPointError, ValueError)
 
 
 def _evaluate(part: _Partition, x_keep, params, gradient, nagq, keep, opg, reset,
-              rules=None, refine=False):
-    """One partition's sums at ``params`` (the in-memory objective's ``evaluate``)."""
+              rules=None, refine=False, hessian=False):
+    """One partition's sums at ``params`` (the in-memory objective's ``evaluate``; with
+    ``hessian`` the kernel's analytic negative Hessian as the third sum)."""
     obj = _objective(part, x_keep)
     if obj is None:
         return None
@@ -288,6 +195,8 @@ def _evaluate(part: _Partition, x_keep, params, gradient, nagq, keep, opg, reset
     if reset:
         obj.reset()
     kw = {"refine": True} if refine else {}
+    if hessian:
+        kw["hessian"] = True
     try:
         with single_thread_blas(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             out = obj.evaluate(params, gradient=gradient, nagq=nagq, keep=keep, opg=opg, **kw)
@@ -297,15 +206,17 @@ def _evaluate(part: _Partition, x_keep, params, gradient, nagq, keep, opg, reset
     return ("ok", out, time.perf_counter() - t0)
 
 
-def _install_rules(part: _Partition, obj, rules) -> None:
+def _install_rules(part: _Partition, obj, token) -> None:
     """Make ``obj`` use ``rules`` (the object of a rules future; None: Gauss-Hermite).
 
     The rules travel as their own futures, inputs of every task that needs them, so that a
     partition copied to another worker, or rebuilt after a loss, gets them too: the worker's
     state is a cache, never the record."""
-    if part.rules is not rules and hasattr(obj, "set_rules"):
+    if part.rules is not token and hasattr(obj, "set_rules"):
+        rules, fold = (token.rules, token.fold) if isinstance(token, _FoldedRules) else (token, None)
+        obj.fold = fold
         obj.set_rules(rules)
-        part.rules = rules
+        part.rules = token
 
 
 def _choose_rules(part: _Partition, x_keep, params, previous):
@@ -315,6 +226,7 @@ def _choose_rules(part: _Partition, x_keep, params, previous):
     if obj is None:
         return None
     _install_rules(part, obj, previous)
+    obj.fold = None   # the new rules' fold is decided on the driver, then installed
     with single_thread_blas(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         rules = obj.choose_rules(params)
     part.rules = rules
@@ -327,6 +239,7 @@ def _uniform_rules(part: _Partition, x_keep, points, span):
     obj = _objective(part, x_keep)
     if obj is None:
         return None
+    obj.fold = None   # one rule for every unit: nothing to fold
     obj.uniform_rules(points, span)
     part.rules = obj.rules
     return obj.rules
@@ -344,14 +257,19 @@ def _verify_rules(part: _Partition, x_keep, params, rules):
     return ok, obj.refined_at[1]
 
 
-def _rules_info(rules):
-    """A digest of a partition's rules and its range of points (what the driver keeps)."""
-    if rules is None:
+def _rules_info(part: _Partition, rules):
+    """A digest of a partition's rules and, per unit (distinct group), its hash, points, rows
+    and groups: what the driver needs to compare rules and decide the fold."""
+    if rules is None or part.obj is None:
         return None
     h = hashlib.blake2b(digest_size=16)
     for a in (rules.points, rules.span, rules.shift):
         h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest(), int(rules.points.min()), int(rules.points.max())
+    chunks = part.obj.chunks
+    nrows = np.concatenate([ch.nrows for ch in chunks])
+    count = np.concatenate([np.ones(ch.ngroups) if getattr(ch, "weights", None) is None
+                            else ch.weights for ch in chunks])
+    return h.hexdigest(), part.summary["unit_hashes"], rules.points, nrows, count
 
 
 def _modes(part: _Partition, x_keep, params, nagq, rules=None):
@@ -364,55 +282,16 @@ def _modes(part: _Partition, x_keep, params, nagq, rules=None):
         return obj.modes(params)
 
 
-def _row_weights(ch) -> np.ndarray | float:
-    """How many groups each row of a chunk stands for (identical groups are compressed into
-    one weighted unit by the in-memory objective)."""
-    w = getattr(ch, "weights", None)
-    return 1.0 if w is None else w[ch.gidx]
-
-
 def _glm_pass(part: _Partition, x_keep, beta):
     """Sums of one IRLS step of the GLM start (``beta=None``: the first, from the data)."""
     obj = _objective(part, x_keep)
-    if obj is None:
-        return None
-    fam, A, b = obj.family, 0.0, 0.0
-    for ch in obj.chunks:
-        X, y, m, wr = ch.X, ch.y, ch.m, _row_weights(ch)
-        if beta is None:
-            mu0 = (m * y + 0.5) / (m + 1.0) if fam.name == "binomial" else y + 0.1
-            Xw = X * np.broadcast_to(wr, len(y))[:, None]
-            A, b = A + Xw.T @ X, b + Xw.T @ fam.linkfun(mu0)
-        else:
-            d1, d2 = fam.derivs(X @ beta, y, m)
-            w = (-d2 + 1e-10) * wr
-            A, b = A + (X * w[:, None]).T @ X, b + X.T @ (d1 * wr)
-    return A, b
+    return None if obj is None else glm_sums(obj.chunks, obj.family, beta)
 
 
 def _intercept_pass(part: _Partition, x_keep, beta, center):
     """Sums over groups of the empirical link values the random-intercept start uses."""
     obj = _objective(part, x_keep)
-    if obj is None:
-        return 0.0, 0
-    fam, tot, cnt = obj.family, 0.0, 0
-    for ch in obj.chunks:
-        S = ch.group_sum(ch.y * ch.m)
-        N = ch.group_sum(ch.m)
-        fixed = ch.group_sum((ch.X @ beta) * ch.m)
-        wg = np.ones(ch.ngroups) if getattr(ch, "weights", None) is None else ch.weights
-        ok = N > 0
-        if fam.name == "binomial" and fam.link == "logit":
-            e = np.log((S[ok] + 0.5) / (N[ok] - S[ok] + 0.5))
-        elif fam.name == "binomial":
-            e = fam.linkfun((S[ok] + 0.5) / (N[ok] + 1.0))
-        else:
-            e = np.log((S[ok] + 0.5) / N[ok])
-        e = e - fixed[ok] / N[ok]
-        w = wg[ok]
-        tot += float(w @ e) if center is None else float(w @ (e - center) ** 2)
-        cnt += float(np.sum(w))
-    return tot, cnt
+    return (0.0, 0) if obj is None else intercept_sums(obj.chunks, obj.family, beta, center)
 
 
 def _subset_rows(part: _Partition, x_keep, newcode):
@@ -457,117 +336,6 @@ def _pearson(part: _Partition, x_keep, params, nagq, rules=None):
         out.append(r if w is None else np.repeat(r, w[ch.gidx].astype(np.int64)))
         g0 += ch.ngroups
     return np.concatenate(out)
-
-
-# =========================================================================================
-# The driver's view of the model: what the result needs, without the rows
-# =========================================================================================
-
-
-class DaskReTerm:
-    """The random-effects term of a Dask fit: its levels, not its rows.
-
-    Attributes
-    ----------
-    group : str
-    cnames : list of str
-    keys : ndarray
-        The grouping column's values, one per level, in the levels' order.
-    """
-
-    def __init__(self, spec, group, keys, cnames, z_spec, rank_of):
-        self.spec, self.group, self.keys, self.cnames = spec, group, keys, cnames
-        self.model_spec, self._rank_of, self._levels = z_spec, rank_of, None
-        self.correlated = True
-
-    @property
-    def nlevels(self) -> int:
-        return len(self.keys)
-
-    k = 1
-    q = property(lambda self: self.nlevels)
-
-    @property
-    def levels(self) -> list[str]:
-        """Level labels (as the in-memory fit's), made on first use."""
-        if self._levels is None:
-            self._levels = [_label(v.item() if isinstance(v, np.generic) else v)
-                            for v in self.keys]
-        return self._levels
-
-    @property
-    def variables(self) -> list[str]:
-        """The data columns the term's columns read."""
-        return [] if self.model_spec is None else sorted(_required_fixed(self.spec.lhs, str(self.spec)))
-
-    def new_codes(self, data: pd.DataFrame, allow_new_levels: bool = False) -> np.ndarray:
-        """Level indices of the rows of ``data``, matched by value; a new level is an error
-        unless ``allow_new_levels`` (then -1), as :meth:`mixedmodels.formula.ReTerm.new_codes`."""
-        codes = match_levels(data[self.group], list(self.keys))
-        return apply_new_level_rule(codes, data, (self.group,), self.group, allow_new_levels)
-
-    def new_Z(self, data: pd.DataFrame) -> np.ndarray:
-        if self.model_spec is None:
-            return np.ones((len(data), 1))
-        return np.asarray(self.model_spec.get_model_matrix(data), dtype=float)
-
-
-@dataclass
-class DaskModel:
-    """The model structure of a Dask fit, without the rows (they stay on the workers)."""
-
-    formula: str
-    parsed: Any
-    xnames: list[str]
-    reterms: list
-    fixed_spec: Any
-    x_keep: np.ndarray
-    categories: dict
-    n: int
-    dropped_columns: list[str] = field(default_factory=list)
-
-    @property
-    def p(self) -> int:
-        return len(self.xnames)
-
-    @property
-    def fixed_variables(self) -> list[str]:
-        """The data columns the fixed part reads."""
-        return sorted(_required_fixed(self.parsed.fixed_rhs, "fixed-effects part"))
-
-    def fixed_matrix(self, newdata: pd.DataFrame) -> np.ndarray:
-        """The fixed-effects matrix of new data (same coding, same kept columns)."""
-        newdata = newdata.copy()
-        for c, dt in self.categories.items():
-            if c in newdata:
-                newdata[c] = newdata[c].astype(dt)
-        mm = np.asarray(self.fixed_spec.get_model_matrix(newdata), dtype=float)
-        return mm[:, self.x_keep]
-
-
-@dataclass
-class DaskGlmerFrame:
-    """Stage 1 of a Dask fit, as the driver sees it (the rows are on the workers).
-
-    Attributes
-    ----------
-    ms : DaskModel
-    family : Family
-    n : int
-        Rows used.
-    weights_label : str or None
-    """
-
-    ms: DaskModel
-    family: Family
-    n: int
-    weights_label: str | None = None
-    scalar: bool = True
-
-    @property
-    def layout(self) -> CovarianceLayout:
-        """The covariance parameters' layout (one scalar term)."""
-        return CovarianceLayout(self.ms.reterms)
 
 
 # =========================================================================================
@@ -646,15 +414,23 @@ class DaskScalarObjective(ScalarObjective):
         """Forget the warm starts (after a failed evaluation), on the next evaluation."""
         self._reset = True
 
+    @property
+    def analytic_hessian(self) -> bool:
+        """With per-group rules (``nagq="auto"``) the Hessian is the partitions' analytic
+        ones added up, as in memory; a fixed Gauss-Hermite rule keeps finite differences."""
+        return self.rules is not None
+
     def evaluate(self, params: np.ndarray, gradient: bool = True, nagq: int | None = None,
-                 keep: bool = True, opg: bool = False, refine: bool = False):
+                 keep: bool = True, opg: bool = False, refine: bool = False,
+                 hessian: bool = False):
+        """The in-memory objective's ``evaluate``: the partitions' sums added up."""
         params = np.asarray(params, dtype=float)
         t0 = time.perf_counter()
         # An explicit nagq is a Gauss-Hermite evaluation (the quadrature check), whatever rules
         # are installed; otherwise the rules if there are any, else the objective's nagq.
         k = int(nagq) if nagq is not None else (None if self.rules is not None else self.nagq)
         outs = self._map(_evaluate, params, gradient, k, keep, opg, self._reset,
-                         per_part=self._tokens, refine=refine)
+                         per_part=self._tokens, refine=refine, hessian=hessian)
         self._reset = False
         total, secs = None, []
         for out in outs:
@@ -686,14 +462,29 @@ class DaskScalarObjective(ScalarObjective):
         futures = [self.client.submit(_choose_rules, f, self.x_keep, params, prev, pure=False)
                    for f, prev in zip(self.parts, self._tokens)]
         try:
-            outs = self.client.gather([self.client.submit(_rules_info, r, pure=False)
-                                       for r in futures])
+            outs = self.client.gather([self.client.submit(_rules_info, f, r, pure=False)
+                                       for f, r in zip(self.parts, futures)])
         except Exception as exc:
             raise DistributedFitError(f"the Dask cluster failed during the fit ({exc})") from exc
-        self._tokens = futures
-        self.refined_at = None
         got = [o for o in outs if o is not None]
-        self._points = (min(o[1] for o in got), max(o[2] for o in got))
+        hashes = np.concatenate([o[1] for o in got])
+        points = np.concatenate([o[2] for o in got]).astype(np.int64)
+        nrows = np.concatenate([o[3] for o in got])
+        count = np.concatenate([o[4] for o in got])
+        if self.nunits < self.ngroups:
+            # The in-memory objective's units are the distinct groups: count each once.
+            _, first = np.unique(hashes, return_index=True)
+            points, nrows = points[first], nrows[first]
+        else:
+            # ... or every group (compression did not pay).
+            points, nrows = np.repeat(points, count.astype(np.int64)), \
+                np.repeat(nrows, count.astype(np.int64))
+        ks, first_k = np.unique(points, return_index=True)
+        fold = (ks, fold_points(points, nrows)[first_k])
+        self._tokens = [self.client.submit(_FoldedRules, r, fold, pure=False) for r in futures]
+        self.refined_at = None
+        self._at_x = None  # an evaluation cached by the optimizer is stale under new rules
+        self._points = (int(ks.min()), int(ks.max()))
         digest = np.array([o[0] for o in got])
         self.rules = _RulesDigest(digest, digest, digest)
         return self.rules
@@ -705,6 +496,7 @@ class DaskScalarObjective(ScalarObjective):
                                       pure=False) for f in self.parts]
         self._tokens = futures
         self.refined_at = None
+        self._at_x = None
         self._points = (int(points), int(points))
         digest = np.array([f"uniform {int(points)} {float(span)}"])
         self.rules = _RulesDigest(digest, digest, digest)
@@ -716,6 +508,7 @@ class DaskScalarObjective(ScalarObjective):
                              "(choose_rules); only set_rules(None) clears them")
         self.rules, self._tokens = None, [None] * len(self.parts)
         self.refined_at = None
+        self._at_x = None
 
     def verify_rules(self, params: np.ndarray) -> bool | None:
         """Every partition verifies its groups' rules at ``params`` (the in-memory
@@ -773,30 +566,9 @@ class DaskScalarObjective(ScalarObjective):
     # ---- the start: the in-memory `_default_start`, on sums over partitions ---------
     def default_start(self) -> np.ndarray:
         """Starting ``(beta, sigma)``: as :func:`mixedmodels.glmm._default_start`, from sums."""
-        def solve(sums):
-            A = sum(s[0] for s in sums if s is not None)
-            b = sum(s[1] for s in sums if s is not None)
-            return np.linalg.lstsq(A, b, rcond=None)[0]
-
-        beta = solve(self._map(_glm_pass, None))
-        for _ in range(50):
-            step = solve(self._map(_glm_pass, beta))
-            beta = beta + step
-            if np.max(np.abs(step)) < 1e-8:
-                break
-        beta = np.clip(beta, -30, 30)
-        if self._z_one:
-            s1 = self._map(_intercept_pass, beta, None)
-            n = sum(k for _, k in s1)
-            mean = sum(s for s, _ in s1) / n
-            s2 = self._map(_intercept_pass, beta, mean)
-            sd = float(np.sqrt(sum(s for s, _ in s2) / n))
-            icpt = [j for j, nm in enumerate(self.frame.ms.xnames) if nm == "(Intercept)"]
-            if np.isfinite(sd) and sd > 0.1 and icpt:
-                beta = beta.copy()
-                beta[icpt[0]] += float(mean)
-                return np.concatenate([beta, [sd]])
-        return np.concatenate([beta, [1.0]])
+        return default_start(lambda beta: self._map(_glm_pass, beta),
+                             lambda beta, c: self._map(_intercept_pass, beta, c),
+                             list(self.frame.ms.xnames), self._z_one)
 
     def traffic(self) -> dict:
         """What one evaluation moves and costs: bytes sent to and returned by each partition
@@ -819,109 +591,62 @@ class DaskScalarObjective(ScalarObjective):
             self._bar = None
 
 
-# =========================================================================================
-# Stage 1 on the driver: check the formula, read the categories, shuffle, build partitions
-# =========================================================================================
+@dataclass
+class _DriverModel:
+    """What the driver makes of the partitions' summaries (both paths)."""
 
-_SUPPORTED = ("the Dask fitter supports one grouping factor with a scalar random effect, "
-              "such as (1 | id), for the binomial and Poisson families")
-
-
-def _check_spec_input(formula, data, family, weights):
-    parsed = parse_formula(formula)
-    if not parsed.lhs:
-        raise ValueError(f"formula {formula!r} has no response on the left of '~'")
-    if not parsed.random:
-        raise ValueError(f"formula {formula!r} has no random-effects term such as (1 | g); "
-                         "use a GLM for a model without random effects")
-    if len(parsed.random) != 1:
-        raise ValueError(f"{_SUPPORTED}; {formula!r} has {len(parsed.random)} terms. Each "
-                         "partition must hold whole groups so that the likelihood is a sum over "
-                         "partitions, which several crossed factors do not allow.")
-    term = parsed.random[0]
-    if len(term.group_vars) != 1:
-        raise ValueError(f"{_SUPPORTED}; the grouping factor of {term} is an interaction "
-                         f"{term.group!r}: make it one column first")
-    if weights is not None and not isinstance(weights, str):
-        raise ValueError("with a Dask frame, `weights` must be the name of a column")
-    return parsed, term
+    frame: DaskGlmerFrame
+    x_keep: np.ndarray
+    keys: np.ndarray          # the partitions' group keys, concatenated in partition order
+    rank: np.ndarray
+    order: np.ndarray         # level order: levels = keys[order]
+    colmax: np.ndarray
+    part_ngroups: list[int]
+    z_one: bool
 
 
-def _build_spec(formula, data, family, weights, link):
-    parsed, term = _check_spec_input(formula, data, family, weights)
-    fam = get_family(family, link)
-    if fam.name not in ("binomial", "poisson"):
-        raise ValueError(f"{_SUPPORTED}; family {fam.name!r} has a dispersion parameter, which "
-                         "the Dask fitter does not estimate: fit it in memory")
-    columns = pd.Index(data.columns)
-    needed: dict[str, str] = {}
-    lhs_vars = _lhs_variables(parsed.lhs, columns)
-    if not lhs_vars:
-        raise ValueError(f"response {parsed.lhs!r}: no such column in data (columns: "
-                         f"{', '.join(map(str, columns))})")
-    for v in lhs_vars:
-        needed.setdefault(v, "response")
-    for v in sorted(_required_fixed(parsed.fixed_rhs, "fixed-effects part")):
-        needed.setdefault(v, "fixed effects")
-    for v in sorted(_required_fixed(term.lhs, f"random-effects term {term}")):
-        needed.setdefault(v, f"random-effects term {term}")
-    group = term.group_vars[0]
-    needed.setdefault(group, f"grouping factor of {term}")
-    if weights is not None:
-        needed.setdefault(weights, "weights")
-    missing = [v for v in needed if v not in columns]
-    if missing:
-        detail = "; ".join(f"{v!r} (used in the {needed[v]})" for v in missing)
-        raise ValueError(f"column(s) not found in data: {detail}")
-    cols = list(needed)
-    # Text columns of the model matrices: their levels over all partitions, so that every
-    # partition codes them alike (as one in-memory frame would).
-    categories = {}
-    meta = data._meta
-    for c in cols:
-        if c == group or c in lhs_vars or c == weights:
-            continue
-        dt = meta[c].dtype
-        if isinstance(dt, pd.CategoricalDtype) and not (dt.categories.dtype == object
-                                                        and len(dt.categories) == 0):
-            if getattr(data[c].cat, "known", True):
-                categories[c] = dt
-                continue
-        if isinstance(dt, pd.CategoricalDtype) or not pd.api.types.is_numeric_dtype(dt):
-            vals = data[c].dropna().unique().compute()
-            vals = vals.astype(str) if isinstance(vals.dtype, pd.CategoricalDtype) else vals
-            categories[c] = pd.CategoricalDtype(sorted(pd.unique(vals)))
-    sample = data[cols].head(500, npartitions=-1).dropna()
-    if len(sample) == 0:
-        raise ValueError("no complete rows in the first partitions of the data")
-    for c, dt in categories.items():
-        sample[c] = sample[c].astype(dt)
-    _, xnames, fixed_spec = _model_matrix(parsed.fixed_rhs, sample, "fixed-effects matrix")
-    if term.lhs.strip() == "1":
-        z_spec, cnames = None, ["(Intercept)"]
-    else:
-        Z, cnames, z_spec = _model_matrix(term.lhs, sample, f"random-effects term {term}")
-        if Z.shape[1] != 1:
-            raise ValueError(f"{_SUPPORTED}; the term {term} has {Z.shape[1]} columns "
-                             f"({', '.join(cnames)}). The Dask fitter maps the scalar "
-                             "adaptive-quadrature kernel; a vector term needs the Laplace "
-                             "path, which is in memory only.")
-    return _Spec(formula, parsed.lhs, cols, group, term, categories, fixed_spec, xnames,
-                 z_spec, cnames, fam, weights), parsed
-
-
-def _rank_of(keys: np.ndarray, dtype) -> np.ndarray:
-    """Sort keys of the grouping column into the in-memory fit's order of levels."""
-    if isinstance(dtype, pd.CategoricalDtype) and len(dtype.categories):
-        return dtype.categories.get_indexer(keys)
-    return keys
+def _driver_model(spec: _Spec, parsed, sums: list[dict], group_dtype) -> _DriverModel:
+    """Warnings, counts, the rank check of X and the levels, from the partitions' summaries,
+    as the in-memory ``glmer_frame`` finds them on all rows."""
+    reissue([w for s in sums for w in s["warnings"]], stacklevel=4)
+    n = sum(s["n"] for s in sums)
+    ndrop = sum(s["n_dropped"] for s in sums)
+    if n == 0:
+        raise ValueError("no complete rows left after dropping rows with missing values")
+    if ndrop:
+        warnings.warn(f"dropped {ndrop} of {n + ndrop} rows with missing values in the "
+                      f"formula's columns ({', '.join(spec.cols)}) (like R's na.omit)",
+                      UserWarning, stacklevel=4)
+    part_keys = [s["keys"] for s in sums]
+    allk = np.concatenate(part_keys)
+    if len(pd.unique(allk)) != len(allk):
+        raise DistributedFitError("a group's rows are in more than one partition after the "
+                                  "shuffle on the grouping column")
+    if len(allk) < 2:
+        raise ValueError(f"grouping factor {spec.group!r} has {len(allk)} level; a random "
+                         "effect needs at least 2 levels")
+    XtX = sum(s["XtX"] for s in sums if s["XtX"] is not None)
+    x_keep, dropped = kept_columns(XtX, spec.xnames)
+    if dropped:
+        warnings.warn(f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} "
+                      f"column(s): {', '.join(dropped)}", UserWarning, stacklevel=4)
+    xnames = [spec.xnames[j] for j in x_keep]
+    colmax = np.max([s["colmax"] for s in sums if s["colmax"] is not None], axis=0)[x_keep]
+    rank = _rank_of(allk, group_dtype)
+    order = np.argsort(rank, kind="stable")
+    term = DaskReTerm(spec.term, spec.group, allk[order], spec.cnames, spec.z_spec, None)
+    ms = DaskModel(spec.formula, parsed, xnames, [term], spec.fixed_spec, x_keep,
+                   spec.categories, n, dropped)
+    frame = DaskGlmerFrame(ms, spec.family, n, spec.weights)
+    return _DriverModel(frame, x_keep, allk, rank, order, colmax, [len(k) for k in part_keys],
+                        all(s["z_one"] for s in sums))
 
 
 def dask_objective(formula: str, data, family: str | Family = "binomial",
                    weights: str | None = None, nagq: int = 1, link: str | None = None, *,
                    client=None, verbose: bool = False
                    ) -> tuple[DaskGlmerFrame, DaskScalarObjective]:
-    """Stages 1-2 of a Dask fit: the frame and the objective (lme4's ``devFunOnly``).
+    """Stages 1-2 of the partition path: the frame and the objective (lme4's ``devFunOnly``).
 
     Parameters
     ----------
@@ -948,20 +673,28 @@ def dask_objective(formula: str, data, family: str | Family = "binomial",
     DistributedFitError
         The cluster failed.
     """
+    spec, parsed = _build_spec(formula, data, family, weights, link)
+    return _kernel_objective(spec, parsed, data, get_client(client), nagq, verbose)
+
+
+def _kernel_objective(spec: _Spec, parsed, data, client, nagq: int, verbose: bool,
+                      shuffled: bool | None = None):
+    """The partition path's stages 1-2. ``shuffled``: already known (``data`` then holds
+    whole groups per partition, shuffled or not); None: find out."""
     import dask
 
-    spec, parsed = _build_spec(formula, data, family, weights, link)
-    client = get_client(client)
     group_dtype = data._meta[spec.group].dtype
-    # Rows of a group must be in one partition: shuffle once if they are not.
-    key_parts = client.compute([dask.delayed(_part_keys)(p, spec.group)
-                                for p in data[[spec.group]].to_delayed()])
-    keys = client.gather(key_parts)
-    allk = np.concatenate(keys) if keys else np.zeros(0)
-    shuffled = len(pd.unique(allk)) != len(allk)
-    if shuffled:
-        # The task-based shuffle: its pieces are ordinary tasks, recomputed if a worker is lost.
-        data = data.shuffle(on=spec.group, method="tasks")
+    if shuffled is None:
+        # Rows of a group must be in one partition: shuffle once if they are not.
+        key_parts = client.compute([dask.delayed(_part_keys)(p, spec.group)
+                                    for p in data[[spec.group]].to_delayed()])
+        keys = client.gather(key_parts)
+        allk = np.concatenate(keys) if keys else np.zeros(0)
+        shuffled = len(pd.unique(allk)) != len(allk)
+        if shuffled:
+            # The task-based shuffle: its pieces are ordinary tasks, recomputed if a worker
+            # is lost.
+            data = data.shuffle(on=spec.group, method="tasks")
     token = uuid.uuid4().hex[:12]
     parts = data[spec.cols].to_delayed()
     states = [dask.delayed(_build_partition, pure=False)(p, spec,
@@ -974,55 +707,61 @@ def dask_objective(formula: str, data, family: str | Family = "binomial",
         raise
     except Exception as exc:
         raise DistributedFitError(f"building the partitions failed ({exc})") from exc
-    seen = set()
-    for s in sums:
-        for cat, msg in s["warnings"]:
-            if msg not in seen:
-                seen.add(msg)
-                warnings.warn(msg, cat, stacklevel=3)
-    n = sum(s["n"] for s in sums)
-    ndrop = sum(s["n_dropped"] for s in sums)
-    if n == 0:
-        raise ValueError("no complete rows left after dropping rows with missing values")
-    if ndrop:
-        warnings.warn(f"dropped {ndrop} of {n + ndrop} rows with missing values in the "
-                      f"formula's columns ({', '.join(spec.cols)}) (like R's na.omit)",
-                      UserWarning, stacklevel=3)
-    part_keys = [s["keys"] for s in sums]
-    allk = np.concatenate(part_keys)
-    if len(pd.unique(allk)) != len(allk):
-        raise DistributedFitError("a group's rows are in more than one partition after the "
-                                  "shuffle on the grouping column")
-    if len(allk) < 2:
-        raise ValueError(f"grouping factor {spec.group!r} has {len(allk)} level; a random "
-                         "effect needs at least 2 levels")
-    # The rank of X from its Gram matrix, by the in-memory rule (a square root of X'X has the
-    # same column dependencies as X).
-    XtX = sum(s["XtX"] for s in sums if s["XtX"] is not None)
-    w, V = np.linalg.eigh(XtX)
-    M = np.sqrt(np.clip(w, 0, None))[:, None] * V.T
-    x_keep = _drop_dependent_columns(M, spec.xnames)
-    dropped = [spec.xnames[j] for j in range(len(spec.xnames)) if j not in set(x_keep.tolist())]
-    if dropped:
-        warnings.warn(f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} "
-                      f"column(s): {', '.join(dropped)}", UserWarning, stacklevel=3)
-    xnames = [spec.xnames[j] for j in x_keep]
-    colmax = np.max([s["colmax"] for s in sums if s["colmax"] is not None], axis=0)[x_keep]
-    rank = _rank_of(allk, group_dtype)
-    order = np.argsort(rank, kind="stable")
-    term = DaskReTerm(spec.term, spec.group, allk[order], spec.cnames, spec.z_spec, None)
-    ms = DaskModel(formula, parsed, xnames, [term], spec.fixed_spec, x_keep, spec.categories,
-                   n, dropped)
-    frame = DaskGlmerFrame(ms, spec.family, n, spec.weights)
-    obj = DaskScalarObjective(client, futures, frame, nagq, x_keep, [len(k) for k in part_keys],
-                              rank, all(s["z_one"] for s in sums), verbose=verbose)
-    obj.colmax = colmax
+    dm = _driver_model(spec, parsed, sums, group_dtype)
+    obj = DaskScalarObjective(client, futures, dm.frame, nagq, dm.x_keep, dm.part_ngroups,
+                              dm.rank, dm.z_one, verbose=verbose)
+    obj.colmax = dm.colmax
     # Distinct groups over all partitions, counted as the in-memory objective counts them.
     hashes = [s["unit_hashes"] for s in sums if s.get("unit_hashes") is not None]
     distinct = len(np.unique(np.concatenate(hashes))) if hashes else 0
     obj.nunits = distinct if distinct <= WORTHWHILE * obj.ngroups else obj.ngroups
     obj.shuffled = shuffled
-    return frame, obj
+    obj.partition_stats = pd.DataFrame({"rows": [s["n"] for s in sums],
+                                        "groups": dm.part_ngroups})
+    return dm.frame, obj
+
+
+def _choose_path(pp: PatternPass, requested: str, budget: int) -> tuple[str, str]:
+    """Which path fits the data, and why (a sentence for the summary)."""
+    t, G = pp.table, pp.ngroups
+    if t is None:
+        return "partitions", "no rows"
+    if t.collision:
+        reason = ("two different groups' rows share a 64-bit hash, so the partitions' "
+                  "distinct groups cannot be merged on it")
+        if requested == "patterns":
+            raise DistributedFitError(f"dask_path='patterns': {reason}; use "
+                                      "dask_path='partitions'")
+        return "partitions", reason
+    if t.over_budget:
+        reason = (f"the merged table of distinct groups outgrew the budget: at least "
+                  f"{t.npatterns:,} distinct groups of {G:,}, over {t.nbytes / 2**20:,.0f} MiB "
+                  f"(pattern_budget={budget:,} bytes)")
+        if requested == "patterns":
+            raise ValueError(f"dask_path='patterns': {reason}; raise pattern_budget (the table "
+                             "is fitted in the driver's memory) or use dask_path='partitions'")
+        return "partitions", reason
+    what = (f"{t.npatterns:,} distinct groups of {G:,} ({int(t.nrows.sum()):,} rows, "
+            f"{t.nbytes / 2**20:,.1f} MiB)")
+    if requested == "patterns":
+        return "patterns", f"{what}; dask_path='patterns'"
+    if t.npatterns > WORTHWHILE * G:
+        return "partitions", (f"{what}: too few repeated groups for the merged table to pay "
+                              f"(more than {WORTHWHILE:.0%} of the groups are distinct)")
+    return "patterns", f"{what}, within the budget of {budget / 2**20:,.0f} MiB"
+
+
+def _pattern_objective(spec: _Spec, parsed, pp: PatternPass, group_dtype, nagq: int):
+    """The pattern path's stages 1-2: the frame and the in-memory objective of the table."""
+    dm = _driver_model(spec, parsed, pp.summaries, group_dtype)
+    obj = PatternObjective(pp.table, dm.frame, nagq, level_patterns(pp, dm.order), dm.x_keep)
+    obj.colmax = dm.colmax
+    obj.shuffled = pp.shuffled
+    obj.partition_stats = pd.DataFrame({
+        "rows": [s["n"] for s in pp.summaries], "groups": dm.part_ngroups,
+        "patterns": [s["npatterns"] for s in pp.summaries],
+        "seconds": [s["seconds"] for s in pp.summaries]})
+    return dm.frame, obj
 
 
 # =========================================================================================
@@ -1037,9 +776,23 @@ class DaskGlmerResult(GlmerResult):
     Attributes (beyond :class:`~mixedmodels.glmm.GlmerResult`'s)
     ------------------------------------------------------------
     distributed : dict
-        How the fit ran: ``path``, ``npartitions``, ``nworkers``, ``shuffled``, ``evaluations``,
-        ``seconds``.
+        How the fit ran: ``path`` (``"patterns"``: the distinct groups merged and fitted in
+        memory; ``"partitions"``: the kernel mapped over partitions), ``path_reason``,
+        ``npartitions``, ``nworkers``, ``shuffled``, ``groups``, ``patterns`` (distinct groups,
+        when counted), ``evaluations``, ``seconds``, ``setup_seconds``, ``fit_seconds``, and
+        per path its costs (see :func:`glmer_dask`).
     """
+
+    @property
+    def distributed_path(self) -> str:
+        """``"patterns"`` or ``"partitions"``: which path the fit took."""
+        return self.distributed["path"]
+
+    def partition_log(self) -> pd.DataFrame:
+        """One row per partition: rows and groups, and on the pattern path its distinct
+        groups and the seconds its pass took on its worker (reading, the model frame,
+        hashing)."""
+        return self._obj.partition_stats.rename_axis("partition").reset_index()
 
     def _separation_columns(self) -> list[str]:
         scale = self._obj.colmax
@@ -1051,8 +804,11 @@ class DaskGlmerResult(GlmerResult):
         return out
 
     def pearson_residuals(self) -> np.ndarray:
-        """Pearson residuals of every row (gathered; rows in partition order)."""
+        """Pearson residuals of every row (gathered; rows in partition order, or on the
+        pattern path each distinct group's rows once per group)."""
         obj = self._obj
+        if isinstance(obj, PatternObjective):
+            return obj.pearson_residuals(self._params)
         return np.concatenate(obj._map(_pearson, self._params, self.nagq, per_part=obj._tokens))
 
     def evaluation_log(self) -> pd.DataFrame:
@@ -1063,7 +819,16 @@ class DaskGlmerResult(GlmerResult):
         -------
         DataFrame
             Columns ``evaluation``, ``partition``, ``seconds`` and ``wall_seconds``.
+
+        Raises
+        ------
+        ValueError
+            On the pattern path, whose evaluations run in memory (see :meth:`partition_log`).
         """
+        if isinstance(self._obj, PatternObjective):
+            raise ValueError("this fit took the pattern path: its evaluations ran in memory "
+                             "on the merged table of distinct groups, not on the partitions "
+                             "(partition_log() shows the partitions' pass)")
         rows = [(i, j, t, wall) for i, (wall, ts) in enumerate(self._obj.eval_log)
                 for j, t in enumerate(ts)]
         return pd.DataFrame(rows, columns=["evaluation", "partition", "seconds", "wall_seconds"])
@@ -1095,7 +860,8 @@ class DaskGlmerResult(GlmerResult):
 def glmer_dask(formula: str, data, family: str | Family = "binomial",
                weights: str | None = None, nagq: int | str = "auto",
                start: np.ndarray | None = None, link: str | None = None, *, client=None,
-               verbose: bool = True) -> DaskGlmerResult:
+               verbose: bool = True, path: str = "auto",
+               pattern_budget: int = PATTERN_BUDGET) -> DaskGlmerResult:
     """Fit a GLMM to a Dask frame, out of core (what :func:`mixedmodels.glmer` calls).
 
     Parameters
@@ -1107,12 +873,29 @@ def glmer_dask(formula: str, data, family: str | Family = "binomial",
     client : distributed.Client or str, optional
         See :func:`get_client`.
     verbose : bool
-        A progress bar over objective evaluations (stderr).
+        Progress bars (stderr) over the partitions' pass and the objective's evaluations.
+    path : {"auto", "patterns", "partitions"}
+        ``"auto"``: first reduce every partition to its distinct groups and merge them (a tree
+        reduction); fit the merged table in memory when its rows take at most
+        ``pattern_budget`` bytes and at most ``compress.WORTHWHILE`` (80%) of the groups are
+        distinct, else map the kernel over the partitions. ``"patterns"`` forces the first
+        (ValueError when the table exceeds the budget), ``"partitions"`` the second (without
+        the pattern pass). Both give the in-memory fit's estimates.
+    pattern_budget : int
+        Bytes of the merged table's rows (rows x (5 + fixed-effect columns) x 8) that the
+        pattern path may hold on the driver; default :data:`PATTERN_BUDGET` (128 MiB).
 
     Returns
     -------
     DaskGlmerResult
-        ``result.distributed`` says how the fit ran.
+        ``result.distributed`` says how the fit ran (``result.distributed_path``).
+
+    Raises
+    ------
+    ValueError
+        An unsupported model or bad argument (the message says what is supported).
+    DistributedFitError
+        The cluster failed; no estimate is returned from a partial computation.
     """
     t0 = time.perf_counter()
     auto = isinstance(nagq, str)
@@ -1121,21 +904,57 @@ def glmer_dask(formula: str, data, family: str | Family = "binomial",
     if not auto and (isinstance(nagq, bool) or not isinstance(nagq, (int, np.integer))
                      or nagq < 1):
         raise ValueError(f"`nagq` must be a whole number >= 1 or 'auto', got {nagq!r}")
-    frame, obj = dask_objective(formula, data, family, weights, 10 if auto else int(nagq), link,
-                                client=client, verbose=verbose)
+    if path not in PATHS:
+        raise ValueError(f"`dask_path` must be one of {', '.join(map(repr, PATHS))}, got {path!r}")
+    if isinstance(pattern_budget, bool) or not isinstance(pattern_budget, (int, np.integer)) \
+            or pattern_budget < 0:
+        raise ValueError(f"`pattern_budget` must be a number of bytes >= 0, got {pattern_budget!r}")
+    k0 = 10 if auto else int(nagq)
+    spec, parsed = _build_spec(formula, data, family, weights, link)
+    client = get_client(client)
+    info: dict[str, Any] = {}
+    pp = None
+    chosen, reason = "partitions", "dask_path='partitions'"
+    if path != "partitions":
+        pp = pattern_pass(spec, data, client, int(pattern_budget), verbose=verbose)
+        chosen, reason = _choose_path(pp, path, int(pattern_budget))
+        t = pp.table
+        info.update(pattern_pass_seconds=pp.seconds, merge_seconds=pp.merge_seconds,
+                    patterns=None if t is None or t.over_budget else t.npatterns,
+                    pattern_rows=None if t is None or t.over_budget else int(t.nrows.sum()),
+                    pattern_bytes=None if t is None else t.nbytes)
+    if chosen == "patterns":
+        frame, obj = _pattern_objective(spec, parsed, pp, data._meta[spec.group].dtype, k0)
+    else:
+        if pp is not None:
+            data, known = pp.data, pp.shuffled
+            del pp
+        else:
+            known = None
+        frame, obj = _kernel_objective(spec, parsed, data, client, k0, verbose, known)
     t1 = time.perf_counter()
     try:
         with single_thread_blas():
             res = fit_frame(frame, nagq, start, obj=obj, result_class=DaskGlmerResult)
     finally:
-        obj.close_progress()
+        if chosen == "partitions":
+            obj.close_progress()
     t2 = time.perf_counter()
-    info = obj.client.scheduler_info()
-    res.distributed = {"path": "kernel", "npartitions": len(obj.parts),
-                       "nworkers": len(info.get("workers", {})), "shuffled": obj.shuffled,
-                       "evaluations": obj.nevals, "seconds": t2 - t0,
-                       "setup_seconds": t1 - t0, "fit_seconds": t2 - t1,
-                       **obj.traffic()}
-    res.notes.append(f"fitted out of core on Dask: {len(obj.parts)} partitions on "
-                     f"{res.distributed['nworkers']} workers, the kernel mapped over partitions")
+    nworkers = len(client.scheduler_info().get("workers", {}))
+    nparts = len(obj.partition_stats)
+    res.distributed = {"path": chosen, "path_reason": reason, "npartitions": nparts,
+                       "nworkers": nworkers, "shuffled": obj.shuffled,
+                       "groups": int(obj.ngroups), "evaluations": obj.nevals,
+                       "seconds": t2 - t0, "setup_seconds": t1 - t0, "fit_seconds": t2 - t1,
+                       **info}
+    if chosen == "partitions":
+        res.distributed.update(obj.traffic())
+        if res.distributed.get("patterns") is None:
+            res.distributed["patterns"] = int(obj.nunits) if obj.nunits < obj.ngroups else None
+        res.notes.append(f"fitted out of core on Dask by the partition path: the kernel mapped "
+                         f"over {nparts} partitions on {nworkers} workers ({reason})")
+    else:
+        res.notes.append(f"fitted out of core on Dask by the pattern path: {nparts} partitions "
+                         f"on {nworkers} workers reduced to {reason}; the merged table fitted "
+                         "in memory")
     return res

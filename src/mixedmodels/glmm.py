@@ -68,7 +68,7 @@ def glmer(formula: str, data: pd.DataFrame, family: str | Family = "binomial",
           weights: str | np.ndarray | None = None, nagq: int | str = "auto",
           start: np.ndarray | None = None, link: str | None = None,
           offset: str | np.ndarray | None = None, *, client=None,
-          verbose: bool = True) -> GeneralizedLinearMixedModel:
+          verbose: bool = True, dask_path: str = "auto") -> GeneralizedLinearMixedModel:
     """Fit a generalized linear mixed model by maximum likelihood.
 
     Parameters
@@ -123,7 +123,12 @@ def glmer(formula: str, data: pd.DataFrame, family: str | Family = "binomial",
     client : dask.distributed.Client or str, optional
         Dask data only: the cluster to fit on (default: the current client, else a local one).
     verbose : bool
-        Dask data only: a progress bar over objective evaluations.
+        Dask data only: progress bars over the partitions and the objective's evaluations.
+    dask_path : {"auto", "patterns", "partitions"}
+        Dask data only: fit the merged table of distinct groups in memory (``"patterns"``),
+        map the kernel over the partitions (``"partitions"``), or choose by the data
+        (``"auto"``: the patterns when their table is small and compression pays; see
+        :func:`mixedmodels.distributed.glmer_dask`). ``fit.distributed_path`` says which ran.
 
     Returns
     -------
@@ -163,13 +168,14 @@ def glmer(formula: str, data: pd.DataFrame, family: str | Family = "binomial",
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         res = _glmer_any(formula, data, family, weights, nagq, start, link, offset, client,
-                         verbose)
+                         verbose, dask_path)
     for w in caught:
         warnings.warn(w.message, w.category, stacklevel=2)
     return res
 
 
-def _glmer_any(formula, data, family, weights, nagq, start, link, offset, client, verbose):
+def _glmer_any(formula, data, family, weights, nagq, start, link, offset, client, verbose,
+               dask_path="auto"):
     if data.__class__.__module__.startswith("dask"):
         from .formula import parse_formula
 
@@ -181,7 +187,7 @@ def _glmer_any(formula, data, family, weights, nagq, start, link, offset, client
             raise ValueError("offsets are not supported for Dask data yet; fit in memory")
         from .distributed import glmer_dask
         res = glmer_dask(formula, data, family, weights, nagq, start, link, client=client,
-                         verbose=verbose)
+                         verbose=verbose, path=dask_path)
     else:
         keep_freed_memory()  # the kernel's temporaries would page-fault afresh (allocator.py)
         with single_thread_blas():

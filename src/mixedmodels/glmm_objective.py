@@ -27,6 +27,19 @@ __all__ = ["ScalarObjective", "make_objective"]
 MERGE_ROW_NODES = 20_000
 
 
+def fold_points(points: np.ndarray, nrows: np.ndarray) -> np.ndarray:
+    """Each kernel call costs a fixed overhead: fold a rule's units into the next larger
+    rule's (more points, only more accurate) while they are few (their rows x points below
+    :data:`MERGE_ROW_NODES`). ``points`` and ``nrows`` per unit; returns the points used."""
+    pts = np.array(points, copy=True)
+    ks = np.unique(pts)
+    for a, b in zip(ks[:-1], ks[1:]):
+        sel = pts == a
+        if np.sum(nrows[sel]) * a < MERGE_ROW_NODES:
+            pts[sel] = b
+    return pts
+
+
 class ScalarObjective:
     """Log-likelihood of a model with one scalar random-effect term, by AGQ.
 
@@ -42,7 +55,10 @@ class ScalarObjective:
     """
 
     def __init__(self, frame: GlmerFrame, nagq: int, max_rows: int = 200_000,
-                 groups: np.ndarray | None = None, compress: bool = True):
+                 groups: np.ndarray | None = None, compress: bool = True,
+                 group_weights: np.ndarray | None = None):
+        # group_weights: each group stands for this many identical groups (a table of
+        # distinct groups made elsewhere: the Dask fitter's merged patterns); no compression.
         ms = frame.ms
         t = ms.reterms[0]
         self.frame, self.family, self.nagq = frame, frame.family, int(nagq)
@@ -63,8 +79,8 @@ class ScalarObjective:
         self.ngroups = ngroups
         offset = off
         self.pattern = None
-        weights = None
-        if compress:
+        weights = None if group_weights is None else np.asarray(group_weights, dtype=float)
+        if compress and weights is None:
             gp = group_patterns([y, m, z, offset, X], codes, ngroups)
             if gp.worthwhile:
                 is_rep = np.zeros(ngroups, dtype=bool)
@@ -163,20 +179,17 @@ class ScalarObjective:
             return
         for i, ch in enumerate(self.chunks):
             idx = np.arange(self._first[i], self._first[i + 1])
-            pts = rules.points[idx].copy()
-            # Each kernel call costs a fixed overhead: fold a rule's groups into the next
-            # larger rule's (more points, only more accurate) while they are few.
-            ks = np.unique(pts)
-            nrows = ch.nrows
-            for a, b in zip(ks[:-1], ks[1:]):
-                sel = pts == a
-                if np.sum(nrows[sel]) * a < MERGE_ROW_NODES:
-                    pts[sel] = b
+            pts = self._fold_points(rules.points[idx], ch.nrows)
             for k in np.unique(pts):
                 sel = np.flatnonzero(pts == k)
                 sub = ch if len(sel) == ch.ngroups else ch.subset(sel)
                 self._parts.append((int(k), sub, idx[sel], rules.span[idx[sel]],
                                     rules.shift[idx[sel]]))
+
+    def _fold_points(self, points: np.ndarray, nrows: np.ndarray) -> np.ndarray:
+        """The points each unit of a chunk is evaluated with (:func:`fold_points`; the Dask
+        fitter's partitions fold by a decision taken over all partitions)."""
+        return fold_points(points, nrows)
 
     @property
     def analytic_hessian(self) -> bool:
