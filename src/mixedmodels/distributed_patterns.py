@@ -131,8 +131,8 @@ def _canonical_order(bits: np.ndarray, pid: np.ndarray) -> np.ndarray:
     return np.lexsort((*keys, pid))
 
 
-def table_from_groups(V: np.ndarray, codes: np.ndarray, ngroups: int
-                      ) -> tuple[PatternTable, np.ndarray]:
+def table_from_groups(V: np.ndarray, codes: np.ndarray, ngroups: int,
+                      varying: np.ndarray | None = None) -> tuple[PatternTable, np.ndarray]:
     """Reduce groups to their distinct patterns.
 
     Parameters
@@ -142,6 +142,11 @@ def table_from_groups(V: np.ndarray, codes: np.ndarray, ngroups: int
     codes : ndarray of int (n,)
         Group of each row, ``0..ngroups-1`` (every group has a row).
     ngroups : int
+    varying : ndarray of int, optional
+        The columns of ``V`` that can differ between rows (default: all but ``const``, a
+        function of ``y`` and ``m``). Columns constant by construction (an intercept, a
+        random intercept's ``z``, a zero offset) cannot tell groups apart, and hashing them
+        costs time; a merge compares whole rows all the same.
 
     Returns
     -------
@@ -151,7 +156,9 @@ def table_from_groups(V: np.ndarray, codes: np.ndarray, ngroups: int
     """
     # The pattern of a group is what the in-memory fitter compresses on: y, m, z, offset, X
     # (const is a function of y and m).
-    gp = group_patterns([V[:, 0], V[:, 1], V[:, 2], V[:, 3], V[:, _LEAD:]], codes, ngroups)
+    if varying is None:
+        varying = np.r_[0:4, _LEAD:V.shape[1]]
+    gp = group_patterns([V[:, varying]], codes, ngroups)
     counts = np.bincount(codes, minlength=ngroups)
     order = np.argsort(codes, kind="stable")
     gstarts = np.concatenate([[0], np.cumsum(counts)[:-1]])
@@ -269,7 +276,11 @@ def _pattern_part(df: pd.DataFrame, spec: _Spec) -> _PartPatterns:
             off = np.zeros(len(frame.y)) if frame.ms.offset is None else \
                 np.asarray(frame.ms.offset, dtype=float)
             V = np.column_stack([frame.y, frame.m, z, off, frame.const, X])
-            table, gpat = table_from_groups(V, t.codes, len(keys))
+            # Constant by construction: a random intercept's z, a zero offset, X's intercept.
+            varying = [0, 1] + ([2] if spec.z_spec is not None else []) + \
+                ([3] if frame.ms.offset is not None else []) + \
+                [_LEAD + j for j, nm in enumerate(spec.xnames) if nm != "(Intercept)"]
+            table, gpat = table_from_groups(V, t.codes, len(keys), np.asarray(varying))
             out = _PartPatterns(table, keys, gpat, len(frame.y), n_dropped, [], X.T @ X,
                                 np.max(np.abs(X), axis=0), bool(np.all(z == 1.0)), 0.0)
     out.warnings = [(w.category, str(w.message)) for w in caught]
