@@ -280,6 +280,7 @@ def test_merged_tables_equal_the_in_memory_patterns():
     np.testing.assert_array_equal(np.sort(merged.count), np.sort(gp.count.astype(int)))
     np.testing.assert_array_equal(np.sort(merged.key), np.sort(gp.key))
     assert merge_tables(tables, budget=merged.nbytes - 1).over_budget
+    assert merge_tables(tables[:1], budget=tables[0].nbytes - 1).over_budget
 
 
 def test_a_hash_collision_is_never_merged():

@@ -873,7 +873,8 @@ def glmer_dask(formula: str, data, family: str | Family = "binomial",
     client : distributed.Client or str, optional
         See :func:`get_client`.
     verbose : bool
-        Progress bars (stderr) over the partitions' pass and the objective's evaluations.
+        Progress bars over the partitions' pass and the objective's evaluations, and a line
+        saying which path the fit takes and why (stderr).
     path : {"auto", "patterns", "partitions"}
         ``"auto"``: first reduce every partition to its distinct groups and merge them (a tree
         reduction); fit the merged table in memory when its rows take at most
@@ -923,6 +924,10 @@ def glmer_dask(formula: str, data, family: str | Family = "binomial",
                     patterns=None if t is None or t.over_budget else t.npatterns,
                     pattern_rows=None if t is None or t.over_budget else int(t.nrows.sum()),
                     pattern_bytes=None if t is None else t.nbytes)
+    if verbose:
+        import sys
+
+        print(f"glmer on Dask, the {chosen[:-1]} path: {reason}", file=sys.stderr)
     if chosen == "patterns":
         frame, obj = _pattern_objective(spec, parsed, pp, data._meta[spec.group].dtype, k0)
     else:

@@ -203,7 +203,10 @@ def merge_tables(tables, budget: int | None = None) -> PatternTable:
     if any(t.over_budget for t in tables):
         return _over(max(t.nbytes for t in tables), max(t.npatterns for t in tables), collision)
     if len(tables) == 1:
-        return tables[0]
+        t = tables[0]
+        if budget is not None and t.nbytes > budget:
+            return _over(t.nbytes, t.npatterns, collision)
+        return t
     K = np.concatenate([t.key for t in tables])
     C = np.concatenate([t.count for t in tables])
     N = np.concatenate([t.nrows for t in tables])
