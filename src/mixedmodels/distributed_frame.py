@@ -463,9 +463,9 @@ def _build_spec(formula, data, family, weights, link):
             vals = data[c].dropna().unique().compute()
             vals = vals.astype(str) if isinstance(vals.dtype, pd.CategoricalDtype) else vals
             categories[c] = pd.CategoricalDtype(sorted(pd.unique(vals)))
-    sample = data[cols].head(500, npartitions=-1).dropna()
+    sample = _sample_rows(data[cols])
     if len(sample) == 0:
-        raise ValueError("no complete rows in the first partitions of the data")
+        raise ValueError("no complete rows in the data")
     for c, dt in categories.items():
         sample[c] = sample[c].astype(dt)
     _, xnames, fixed_spec = _model_matrix(parsed.fixed_rhs, sample, "fixed-effects matrix")
@@ -480,6 +480,19 @@ def _build_spec(formula, data, family, weights, link):
                              "path, which is in memory only.")
     return _Spec(formula, parsed.lhs, cols, group, term, categories, fixed_spec, xnames,
                  z_spec, cnames, fam, weights), parsed
+
+
+def _sample_rows(data, n: int = 500) -> pd.DataFrame:
+    """Up to ``n`` complete rows for formulaic to learn the model matrices from, reading as few
+    partitions as it takes (``head(npartitions=-1)`` would read them all)."""
+    k = 1
+    while True:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)   # "fewer than n rows in the partitions"
+            sample = data.head(n, npartitions=min(k, data.npartitions)).dropna()
+        if len(sample) or k >= data.npartitions:
+            return sample
+        k *= 4
 
 
 def _rank_of(keys: np.ndarray, dtype) -> np.ndarray:
