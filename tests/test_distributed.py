@@ -191,7 +191,7 @@ def test_warmup_subset_path(threads, clicks, monkeypatch, nagq, path):
     assert fit._obj.nunits == ref._obj.nunits
     # nagq="auto" from the warm-up's Hessian: in memory each Newton step brings the kernel's
     # Hessian at its point, on Dask the warm-up's (scaled) one is kept.
-    _assert_same(fit, ref, tol_params=TOL if nagq != "auto" else 1e-6)
+    _assert_same(fit, ref)
 
 
 def test_killed_worker_never_gives_a_wrong_optimum(processes, clicks):

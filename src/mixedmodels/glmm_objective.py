@@ -197,7 +197,7 @@ class ScalarObjective:
         with per-unit rules converged to 1e-8 (``nagq="auto"``), where differentiating under
         the integral is exact to that accuracy; a fixed Gauss-Hermite rule keeps finite
         differences of its own gradient."""
-        # Only the in-memory kernel's evaluate computes it (not the Dask objective's).
+        # Only the in-memory kernel's evaluate computes it (the Dask objective says so itself).
         return (self.rules is not None and not getattr(self, "has_dispersion", False)
                 and type(self).evaluate is ScalarObjective.evaluate)
 
