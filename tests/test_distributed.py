@@ -178,8 +178,8 @@ def test_threads_auto_poisson_text_covariate(threads):
     assert fit.xnames == ref.xnames
 
 
-@pytest.mark.parametrize("path", ["patterns", "partitions"])
-@pytest.mark.parametrize("nagq", [5, "auto"])
+@pytest.mark.parametrize("nagq, path", [(5, "partitions"), ("auto", "partitions"),
+                                        ("auto", "patterns")])
 def test_warmup_subset_path(threads, clicks, monkeypatch, nagq, path):
     """Many groups: the warm-up fit on a random subset of groups, gathered to the driver or
     taken from the table of patterns (the count of distinct groups that triggers it is the

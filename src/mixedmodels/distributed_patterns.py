@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from .compress import group_patterns
-from .distributed_frame import (DaskGlmerFrame, _partition_frame, _rank_of, _Spec,
+from .distributed_frame import (DaskGlmerFrame, _partition_frame, _Spec,
                                 complete_rows, default_start, glm_sums, intercept_sums)
 from .formula import ModelStructure, ReTerm
 from .glmm_frame import GlmerFrame
