@@ -31,8 +31,8 @@ Usage (from the repository root)::
     # ~1 minute to write the 1e7 files the first time):
     python benchmarks/bench_dask.py --out benchmarks/results/bench_dask.json
 
-    # --full adds the partition path at 1e7 users (each of its two cases ~5-10 minutes
-    # quiet):
+    # --full adds the partition path at 1e7 users (~2 minutes with 2 workers, ~4 with 1,
+    # on a quiet machine; ~9 minutes for everything):
     python benchmarks/bench_dask.py --full --out benchmarks/results/bench_dask.json
 
     # Any subset; --merge keeps the file's other cases:
