@@ -13,12 +13,17 @@ dynamic threshold ends up in a process that frees large arrays), and up to 256 M
 heap is kept for reuse. Resident memory after a fit can therefore stay up to 256 MiB above
 what the live arrays need; the peak during a fit is the same. Elsewhere than glibc (macOS,
 Windows, musl) it does nothing.
+
+The setting is process-wide, so a program that manages its own allocator can keep
+``mixedmodels`` out of it: set the environment variable ``MIXEDMODELS_KEEP_FREED_MEMORY=0``
+before the first fit.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import platform
 
 __all__ = ["keep_freed_memory"]
@@ -37,11 +42,14 @@ def keep_freed_memory() -> bool:
     Returns
     -------
     bool
-        Whether the thresholds are set (False where the C library is not glibc or refuses).
+        Whether the thresholds are set (False where the C library is not glibc or refuses,
+        or when the environment variable ``MIXEDMODELS_KEEP_FREED_MEMORY`` is ``0``).
     """
     global _done
     if _done:
         return True
+    if os.environ.get("MIXEDMODELS_KEEP_FREED_MEMORY", "1").strip().lower() in ("0", "false", "no"):
+        return False
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     try:
