@@ -203,11 +203,12 @@ def test_one_factor_several_terms(threads, sim, formula, reml):
 
 
 def test_profile_intervals(threads, sleep):
-    """Profile intervals run on the workers' blocks (a REML fit is refitted by ML on them;
-    every profile point is a round trip to the cluster, so one parameter here)."""
+    """Profile intervals run on the workers' blocks (every profile point is a round trip to
+    the cluster, so one parameter of an ML fit here; a REML fit would first be refitted by ML
+    on the same blocks, ``DaskLMMProblem.with_reml``)."""
     f = "Reaction ~ Days + (1 | Subject)"
-    ref = mm.lmer(f, sleep)
-    fit = _quiet(mm.lmer, f, _ddf(sleep, 2), client=threads, verbose=False)
+    ref = mm.lmer(f, sleep, reml=False)
+    fit = _quiet(mm.lmer, f, _ddf(sleep, 2), reml=False, client=threads, verbose=False)
     np.testing.assert_allclose(fit.confint(parm="sigma"), ref.confint(parm="sigma"), rtol=1e-6)
 
 
