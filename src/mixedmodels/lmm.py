@@ -577,7 +577,8 @@ class LMMProblem:
                 S1 = S1 + np.einsum("gir,gjr->ij", WG, W)
         # The spherical random effects u at theta.
         Lr = LRR[:-1, :-1]
-        v, info = sla.lapack.dtrtrs(Lr, LRR[-1, :-1], lower=1, trans=1)
+        # No fixed effects and one term: nothing to solve (LAPACK rejects the empty system).
+        v, info = sla.lapack.dtrtrs(Lr, LRR[-1, :-1], lower=1, trans=1) if len(Lr) else (np.zeros(0), 0)
         if info != 0:
             return None
         if self.sparse:  # U = diag(T1 / L11) A1R Lambda_R, Lambda_R diagonal (scalar later terms)
@@ -625,7 +626,10 @@ class LMMProblem:
         q = self.qrest
         Lr = LRR[:-1, :-1]
         c = LRR[-1, :-1]
-        v = sla.solve_triangular(Lr, c, lower=True, trans="T")
+        # LAPACK directly: scipy's solve_triangular costs ~13 us of checks on these tiny systems.
+        v, info = sla.lapack.dtrtrs(Lr, c, lower=1, trans=1) if len(c) else (np.zeros(0), 0)
+        if info != 0:
+            raise np.linalg.LinAlgError(f"triangular solve failed (LAPACK info {info})")
         beta = v[q:]
         u_rest = v[:q]
         if self.sparse:
@@ -908,7 +912,10 @@ class LinearMixedModel(MixedModel):
         xn = pd.Index(xn)  # one Index for the three (building one from strings is slow)
         self.fixef = pd.Series(sol["beta"], index=xn, name="Estimate")
         LXX = sol["LRR"][problem.qrest:problem.qrest + p, problem.qrest:problem.qrest + p]
-        Linv = sla.solve_triangular(LXX, np.eye(p), lower=True)
+        Linv, info = sla.lapack.dtrtri(LXX, lower=1) if p else (np.zeros((0, 0)), 0)
+        if info != 0:
+            raise np.linalg.LinAlgError(f"the fixed effects' factor is singular (LAPACK info {info})")
+        Linv = np.tril(Linv)
         V = self.sigma**2 * (Linv.T @ Linv)
         self.vcov = pd.DataFrame(V, index=xn, columns=xn)
         self.se = pd.Series(np.sqrt(np.diag(V)), index=xn, name="Std. Error")
