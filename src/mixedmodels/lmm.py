@@ -58,6 +58,40 @@ def _term_sparse(term: ReTerm, n: int) -> sp.csr_matrix:
     return sp.csr_matrix((term.Z.ravel(), indices, indptr), shape=(n, term.q))
 
 
+def _dense_cross_products(t1: ReTerm, rest: list[ReTerm], XY: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The dense layout's cross-products by ``bincount`` over pairs of levels: ``A1R``
+    (l1, k1, r), the first term against ``[Z_rest, X, y]``, and ``ARR`` (r, r), ``[Z_rest, X,
+    y]`` against itself (columns level-major within each term, as :func:`_term_sparse`).
+    Building sparse matrices for these costs more than a small model's whole optimization."""
+    l1, k1, pxy = t1.nlevels, t1.k, XY.shape[1]
+    offs = np.cumsum([0] + [t.q for t in rest])
+    qrest = int(offs[-1])
+    r = qrest + pxy
+    A1R = np.empty((l1, k1, r))
+    ARR = np.empty((r, r))
+    for j in range(k1):
+        for c in range(pxy):
+            A1R[:, j, qrest + c] = np.bincount(t1.codes, t1.Z[:, j] * XY[:, c], l1)
+    ARR[qrest:, qrest:] = XY.T @ XY
+    for i, (s, t) in enumerate(zip(offs[:-1], rest)):
+        nl, k = t.nlevels, t.k
+        key1 = t1.codes * nl + t.codes
+        for a in range(k):
+            cols = slice(s + a, s + t.q, k)
+            for j in range(k1):
+                A1R[:, j, cols] = np.bincount(key1, t1.Z[:, j] * t.Z[:, a], l1 * nl).reshape(l1, nl)
+            for c in range(pxy):
+                ARR[cols, qrest + c] = ARR[qrest + c, cols] = np.bincount(t.codes, t.Z[:, a] * XY[:, c], nl)
+        for s2, t2 in zip(offs[:i + 1], rest[:i + 1]):
+            key = t.codes * t2.nlevels + t2.codes
+            for a in range(k):
+                for b in range(t2.k):
+                    M = np.bincount(key, t.Z[:, a] * t2.Z[:, b], nl * t2.nlevels).reshape(nl, t2.nlevels)
+                    ARR[s + a:s + t.q:k, s2 + b:s2 + t2.q:t2.k] = M
+                    ARR[s2 + b:s2 + t2.q:t2.k, s + a:s + t.q:k] = M.T
+    return A1R, ARR
+
+
 def _chol2(M: np.ndarray) -> np.ndarray:
     """Cholesky factors of a stack of 2 x 2 positive definite matrices (no LAPACK call per level)."""
     L = np.zeros_like(M)
@@ -241,7 +275,9 @@ class LMMProblem:
         # Cross-products of the first term with [Z_rest, X, y], and of the rest with itself.
         XY = np.column_stack([X, y])
         self.sparse = bool(rest) and self.l1 * self.k1 * self.r > sparse_threshold
-        if rest:
+        if rest and not self.sparse:
+            A1R, self.ARR = _dense_cross_products(t1, rest, XY)
+        elif rest:
             Z1s = _term_sparse(t1, self.n)
             Zrest = sp.hstack([_term_sparse(t, self.n) for t in rest], format="csc")
             R = sp.hstack([Zrest, sp.csc_matrix(XY)], format="csc")
@@ -265,8 +301,6 @@ class LMMProblem:
             self._A1Z.sort_indices()
             self._A1XY = np.asarray(A1R[:, self.qrest:].toarray())
             self._build_update_map(self._A1Z)
-        elif rest:
-            self.A1R = np.asarray(A1R.toarray()).reshape(self.l1, self.k1, self.r)
         else:
             self.A1R = A1R
         # Segments of the dense block that belong to each remaining term.
