@@ -7,7 +7,7 @@ partitions is shuffled on the grouping column once (Dask's task-based shuffle).
 
 **The pattern path** (:mod:`mixedmodels.distributed_patterns`). Each partition reduces its
 groups to their distinct patterns with counts (the in-memory fitter's compression), a tree
-reduction merges them, and when the merged table is small (:data:`PATTERN_BUDGET` bytes) and
+reduction merges them, and when the merged table is small (:data:`~mixedmodels.distributed_patterns.PATTERN_BUDGET` bytes) and
 compression pays (distinct patterns at most ``compress.WORTHWHILE`` of the groups, the
 in-memory rule) it is fitted in memory: one pass over the data, then no more traffic.
 
@@ -656,7 +656,7 @@ def dask_objective(formula: str, data, family: str | Family = "binomial",
     nagq : int
         Points of the rule the objective evaluates by default.
     client : distributed.Client or str, optional
-        See :func:`get_client`.
+        See :func:`~mixedmodels.distributed_frame.get_client`.
     verbose : bool
         A progress bar over evaluations.
 
@@ -871,7 +871,7 @@ def glmer_dask(formula: str, data, family: str | Family = "binomial",
     data : dask.dataframe.DataFrame
         Any partitioning: rows of a group spread over partitions are shuffled together once.
     client : distributed.Client or str, optional
-        See :func:`get_client`.
+        See :func:`~mixedmodels.distributed_frame.get_client`.
     verbose : bool
         Progress bars over the partitions' pass and the objective's evaluations, and a line
         saying which path the fit takes and why (stderr).
@@ -884,7 +884,7 @@ def glmer_dask(formula: str, data, family: str | Family = "binomial",
         the pattern pass). Both give the in-memory fit's estimates.
     pattern_budget : int
         Bytes of the merged table's rows (rows x (5 + fixed-effect columns) x 8) that the
-        pattern path may hold on the driver; default :data:`PATTERN_BUDGET` (128 MiB).
+        pattern path may hold on the driver; default :data:`~mixedmodels.distributed_patterns.PATTERN_BUDGET` (128 MiB).
 
     Returns
     -------

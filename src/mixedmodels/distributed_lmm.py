@@ -616,7 +616,7 @@ def dask_lmm_problem(formula: str, data, reml: bool = True, *, weights: str | No
     weights, offset : str, optional
         Column names (precision weights; a known term of the linear predictor).
     client : distributed.Client or str, optional
-        See :func:`mixedmodels.distributed.get_client`.
+        See :func:`~mixedmodels.distributed_frame.get_client`.
     verbose : bool
         A progress bar over evaluations (stderr).
 
@@ -840,7 +840,7 @@ def lmer_dask(formula: str, data, reml: bool = True, *, start: np.ndarray | None
     weights, offset : str, optional
         Column names, as :func:`mixedmodels.lmer`'s.
     client : distributed.Client or str, optional
-        See :func:`mixedmodels.distributed.get_client`.
+        See :func:`~mixedmodels.distributed_frame.get_client`.
     verbose : bool
         A progress bar over objective evaluations (stderr).
 

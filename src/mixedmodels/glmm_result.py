@@ -208,7 +208,7 @@ class GeneralizedLinearMixedModel(MixedModel):
 
     @property
     def opt(self) -> OptSummary:
-        """The optimizer's record: an alias of :attr:`optsum`."""
+        """The optimizer's record: an alias of ``optsum``."""
         return self.optsum
 
     # ---- prediction ---------------------------------------------------------------------
