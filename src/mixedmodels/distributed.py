@@ -56,7 +56,7 @@ from .distributed_frame import (DaskGlmerFrame, DaskModel, DaskReTerm,  # noqa: 
                                 DistributedFitError, _build_spec, _check_spec_input,
                                 _partition_frame, _part_keys, _rank_of, _Spec, _SUPPORTED,
                                 complete_rows, default_start, get_client, glm_sums,
-                                intercept_sums, kept_columns, reissue)
+                                intercept_sums, kept_columns, partition_counts, reissue)
 from .distributed_patterns import (PATTERN_BUDGET, PatternObjective, PatternPass,
                                    level_patterns, pattern_pass)
 from .families import Family
@@ -608,20 +608,8 @@ class _DriverModel:
 def _driver_model(spec: _Spec, parsed, sums: list[dict], group_dtype) -> _DriverModel:
     """Warnings, counts, the rank check of X and the levels, from the partitions' summaries,
     as the in-memory ``glmer_frame`` finds them on all rows."""
-    reissue([w for s in sums for w in s["warnings"]], stacklevel=4)
-    n = sum(s["n"] for s in sums)
-    ndrop = sum(s["n_dropped"] for s in sums)
-    if n == 0:
-        raise ValueError("no complete rows left after dropping rows with missing values")
-    if ndrop:
-        warnings.warn(f"dropped {ndrop} of {n + ndrop} rows with missing values in the "
-                      f"formula's columns ({', '.join(spec.cols)}) (like R's na.omit)",
-                      UserWarning, stacklevel=4)
+    n, allk = partition_counts(sums, spec.cols, stacklevel=4)
     part_keys = [s["keys"] for s in sums]
-    allk = np.concatenate(part_keys)
-    if len(pd.unique(allk)) != len(allk):
-        raise DistributedFitError("a group's rows are in more than one partition after the "
-                                  "shuffle on the grouping column")
     if len(allk) < 2:
         raise ValueError(f"grouping factor {spec.group!r} has {len(allk)} level; a random "
                          "effect needs at least 2 levels")

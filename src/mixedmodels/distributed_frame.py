@@ -270,6 +270,52 @@ def reissue(messages, stacklevel: int) -> None:
             warnings.warn(msg, cat, stacklevel=stacklevel + 1)
 
 
+def partition_counts(sums: list[dict], cols: list[str], stacklevel: int) -> tuple[int, np.ndarray]:
+    """What the partitions' summaries say about all rows, as an in-memory frame finds it.
+
+    Re-issues the partitions' warnings once each, warns about rows dropped for missing values
+    and checks that every group's rows are in one partition.
+
+    Parameters
+    ----------
+    sums : list of dict
+        One summary per partition, with ``"warnings"``, ``"n"``, ``"n_dropped"`` and
+        ``"keys"`` (the partition's group keys).
+    cols : list of str
+        The formula's columns (named in the message about dropped rows).
+    stacklevel : int
+        Where the warnings point, counted from the caller.
+
+    Returns
+    -------
+    n : int
+        The number of complete rows.
+    keys : ndarray, shape (groups,)
+        Every partition's group keys, in partition order.
+
+    Raises
+    ------
+    ValueError
+        No complete rows.
+    DistributedFitError
+        A group's rows are in more than one partition.
+    """
+    reissue([w for s in sums for w in s["warnings"]], stacklevel=stacklevel + 1)
+    n = sum(s["n"] for s in sums)
+    ndrop = sum(s["n_dropped"] for s in sums)
+    if n == 0:
+        raise ValueError("no complete rows left after dropping rows with missing values")
+    if ndrop:
+        warnings.warn(f"dropped {ndrop} of {n + ndrop} rows with missing values in the "
+                      f"formula's columns ({', '.join(cols)}) (like R's na.omit)",
+                      UserWarning, stacklevel=stacklevel + 1)
+    keys = np.concatenate([s["keys"] for s in sums])
+    if len(pd.unique(keys)) != len(keys):
+        raise DistributedFitError("a group's rows are in more than one partition after the "
+                                  "shuffle on the grouping column")
+    return n, keys
+
+
 def kept_columns(XtX: np.ndarray, xnames: list[str]) -> tuple[np.ndarray, list[str]]:
     """The fixed-effect columns kept by the in-memory rank rule, from the Gram matrix (a square
     root of X'X has the same column dependencies as X), and the names of those dropped."""

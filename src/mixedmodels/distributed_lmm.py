@@ -55,6 +55,7 @@ import scipy.linalg as sla
 
 from .blas import single_thread_blas
 from .distributed import DistributedFitError, _part_keys, _rank_of, get_client
+from .distributed_frame import partition_counts
 from .formula import (ModelStructure, ReTerm, _drop_dependent_columns, _label, _lhs_variables,
                       _formula_variables, build_model, evaluate_response, new_model_matrix,
                       parse_formula, resolve_spec)
@@ -653,25 +654,9 @@ def dask_lmm_problem(formula: str, data, reml: bool = True, *, weights: str | No
         raise
     except Exception as exc:
         raise DistributedFitError(f"building the partitions failed ({exc})") from exc
-    seen = set()
-    for s in sums:
-        for cat, msg in s["warnings"]:
-            if msg not in seen:
-                seen.add(msg)
-                warnings.warn(msg, cat, stacklevel=3)
-    n = sum(s["n"] for s in sums)
+    n, allk = partition_counts(sums, spec.cols, stacklevel=3)
     ndrop = sum(s["n_dropped"] for s in sums)
-    if n == 0:
-        raise ValueError("no complete rows left after dropping rows with missing values")
-    if ndrop:
-        warnings.warn(f"dropped {ndrop} of {n + ndrop} rows with missing values in the "
-                      f"formula's columns ({', '.join(spec.cols)}) (like R's na.omit)",
-                      UserWarning, stacklevel=3)
     part_keys = [s["keys"] for s in sums]
-    allk = np.concatenate(part_keys)
-    if len(pd.unique(allk)) != len(allk):
-        raise DistributedFitError("a group's rows are in more than one partition after the "
-                                  "shuffle on the grouping column")
     tpl = spec.template
     lo = min(s["yrange"][0] for s in sums)
     hi = max(s["yrange"][1] for s in sums)
