@@ -40,6 +40,21 @@ def test_constant_response_is_refused_before_fitting(family, y, match):
         mm.glmer("y ~ x + (1 | g)", df, family=family, nagq=1)
 
 
+@pytest.mark.parametrize("family, lhs, columns", [
+    ("binomial", "cbind(s, n - s)", {"s": 1, "n": 5}),
+    ("binomial", "s/n", {"s": 1, "n": 5}),
+    ("poisson", "s", {"s": 3}),
+])
+def test_constant_inside_the_range_is_refused_without_a_false_reason(family, lhs, columns):
+    # A proportion of 0.2 everywhere has a finite fit (nothing runs off to infinity); it is
+    # refused as lme4 refuses it, for having no variation.
+    df = pd.DataFrame({"x": np.random.default_rng(0).normal(size=60), "g": np.repeat(np.arange(6), 10),
+                       **columns})
+    with pytest.raises(ValueError, match="is constant: every value is .*no variation") as info:
+        mm.glmer(f"{lhs} ~ x + (1 | g)", df, family=family, nagq=1)
+    assert "infinity" not in str(info.value)
+
+
 def test_all_zero_weights_are_refused():
     rng = np.random.default_rng(0)
     df = pd.DataFrame({"x": rng.normal(size=60), "g": np.repeat(np.arange(6), 10), "y": rng.binomial(1, 0.5, 60)})

@@ -205,8 +205,16 @@ def check_glmm_response(y: np.ndarray, m: np.ndarray, lhs: str, family: str) -> 
     yl = np.asarray(y)[live]
     if np.ptp(yl) == 0:
         what = {0.0: "every observation is 0", 1.0: "every observation is 1"}.get(float(yl[0]), f"every value is {yl[0]:g}")
-        extra = (" (all-zero counts: the log of the mean would be minus infinity)" if family == "poisson" and yl[0] == 0
-                 else " (the estimates would run off to infinity)" if family == "binomial" else "")
+        if family == "poisson" and yl[0] == 0:
+            extra = " (all-zero counts: the log of the mean would be minus infinity)"
+        elif family == "binomial" and yl[0] in (0.0, 1.0):
+            extra = " (the estimates would run off to infinity)"
+        else:
+            # A constant strictly inside the range has a finite fit (the intercept alone, every
+            # variance zero); like lme4's check.response.not.const, it is refused as no data to
+            # estimate effects or variances from.
+            extra = (" (there is no variation to estimate effects or variances from; lme4 "
+                     "refuses it too: 'Response is constant')")
         raise ValueError(f"the response {lhs!r} is constant: {what}{extra}")
 
 
