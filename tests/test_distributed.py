@@ -240,6 +240,56 @@ def test_weights_must_be_a_column(threads, clicks):
                  client=threads, verbose=False)
 
 
+def _poisson_exposures():
+    """Poisson counts over exposures t (integers, as logs count days): E[y] = t exp(...)."""
+    rng = np.random.default_rng(21)
+    g = rng.integers(0, 150, 900)
+    x = rng.integers(0, 2, 900)
+    t = rng.choice([1, 2, 5, 10], 900)
+    u = rng.normal(0, 0.6, 150)
+    y = rng.poisson(t * np.exp(-1.0 + 0.5 * x + u[g]))
+    return pd.DataFrame({"y": y, "x": x, "t": t, "g": g, "lt": np.log(t) + 0.25})
+
+
+@pytest.mark.parametrize("path", ["patterns", "partitions"])
+@pytest.mark.parametrize("npartitions", [1, 2])
+def test_offsets(threads, npartitions, path):
+    """offset(log(t)) in the formula, and offset= a column added to it, as in memory: the
+    estimates and log-likelihood to 1e-8 by both paths; predict reads the new rows' offsets."""
+    data = _poisson_exposures()
+    ddf = dd.from_pandas(data, npartitions=npartitions, sort=False)
+    for formula, offset in (("y ~ x + offset(log(t)) + (1 | g)", None),
+                            ("y ~ x + (1 | g)", "lt"),
+                            ("y ~ x + offset(log(t)) + (1 | g)", "lt")):
+        ref = _quiet(mm.glmer, formula, data, family="poisson", nagq="auto", offset=offset)
+        fit = _quiet(mm.glmer, formula, ddf, family="poisson", nagq="auto", offset=offset,
+                     client=threads, verbose=False, dask_path=path)
+        _assert_same(fit, ref)
+        assert fit.distributed_path == path
+        # The offset matters: without it the fit is another one.
+        assert abs(fit.fixef.iloc[0] - _quiet(mm.glmer, "y ~ x + (1 | g)", data,
+                                              family="poisson").fixef.iloc[0]) > 0.1
+        new = data.iloc[:40].assign(t=data["t"].iloc[:40] * 3, lt=data["lt"].iloc[:40] - 1)
+        np.testing.assert_allclose(fit.predict(new, type="response"),
+                                   ref.predict(new, type="response"), rtol=1e-7)
+        got = fit.predict(dd.from_pandas(new, npartitions=2), type="link").compute()
+        np.testing.assert_allclose(got, ref.predict(new), rtol=1e-7)
+
+
+def test_offset_must_be_a_column(threads):
+    data = _poisson_exposures()
+    ddf = dd.from_pandas(data, npartitions=2)
+    with pytest.raises(ValueError, match="`offset` must be the name of a column"):
+        mm.glmer("y ~ x + (1 | g)", ddf, family="poisson", offset=np.log(data["t"].to_numpy()),
+                 client=threads, verbose=False)
+    with pytest.raises(ValueError, match="'nope'.*offset"):
+        mm.glmer("y ~ x + (1 | g)", ddf, family="poisson", offset="nope", client=threads,
+                 verbose=False)
+    with pytest.raises(ValueError, match="offset"):
+        mm.glmer("y ~ x + offset(log(s)) + (1 | g)", ddf, family="poisson", client=threads,
+                 verbose=False)
+
+
 # ---- the pattern tables and their merge ----------------------------------------------------
 
 

@@ -39,6 +39,7 @@ problem on all rows at once; here the same iteration runs on sums.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import time
 import uuid
@@ -624,7 +625,7 @@ def _driver_model(spec: _Spec, parsed, sums: list[dict], group_dtype) -> _Driver
     order = np.argsort(rank, kind="stable")
     term = DaskReTerm(spec.term, spec.group, allk[order], spec.cnames, spec.z_spec, None)
     ms = DaskModel(spec.formula, parsed, xnames, [term], spec.fixed_spec, x_keep,
-                   spec.categories, n, dropped)
+                   spec.categories, n, dropped, spec.offset)
     frame = DaskGlmerFrame(ms, spec.family, n, spec.weights)
     return _DriverModel(frame, x_keep, allk, rank, order, colmax, [len(k) for k in part_keys],
                         all(s["z_one"] for s in sums))
@@ -835,27 +836,56 @@ class DaskGlmerResult(GlmerResult):
         if newdata.__class__.__module__.startswith("dask"):
             meta = pd.Series([], dtype=float, name="population_average" if population_average
                              else type)
-            return newdata.map_partitions(
-                lambda d: GlmerResult.predict(self, d, type=type,
-                                              population_average=population_average,
-                                              include_random=include_random,
-                                              allow_new_levels=allow_new_levels), meta=meta)
+            return newdata.map_partitions(_predict_part, _Predictor(self), type,
+                                          population_average, include_random,
+                                          allow_new_levels, meta=meta)
         return GlmerResult.predict(self, newdata, type=type,
                                    population_average=population_average,
                                    include_random=include_random, allow_new_levels=allow_new_levels)
+
+
+class _Predictor:
+    """What a partition of new data needs to be predicted: the fit without its cluster state
+    (a lambda over the fit cannot be tokenized by Dask, nor should the workers get futures)."""
+
+    def __init__(self, fit: DaskGlmerResult):
+        light = copy.copy(fit)
+        light._obj, light.call = _KnownModes(fit._re_matrices()), None
+        self.fit, self.token = light, uuid.uuid4().hex
+
+    def __dask_tokenize__(self):
+        return self.token
+
+
+@dataclass
+class _KnownModes:
+    """The conditional modes, computed once on the driver, in place of the objective."""
+
+    mats: list
+
+    def modes(self, params):
+        return self.mats
+
+
+def _predict_part(df: pd.DataFrame, pred: _Predictor, type, population_average,
+                  include_random, allow_new_levels):
+    return GlmerResult.predict(pred.fit, df, type=type, population_average=population_average,
+                               include_random=include_random, allow_new_levels=allow_new_levels)
 
 
 def glmer_dask(formula: str, data, family: str | Family = "binomial",
                weights: str | None = None, nagq: int | str = "auto",
                start: np.ndarray | None = None, link: str | None = None, *, client=None,
                verbose: bool = True, path: str = "auto",
-               pattern_budget: int = PATTERN_BUDGET) -> DaskGlmerResult:
+               pattern_budget: int = PATTERN_BUDGET,
+               offset: str | None = None) -> DaskGlmerResult:
     """Fit a GLMM to a Dask frame, out of core (what :func:`mixedmodels.glmer` calls).
 
     Parameters
     ----------
     formula, family, weights, nagq, start, link
         As :func:`mixedmodels.glmer`; one grouping factor with a scalar random effect.
+        ``offset(...)`` terms in the formula are evaluated on each partition's rows.
     data : dask.dataframe.DataFrame
         Any partitioning: rows of a group spread over partitions are shuffled together once.
     client : distributed.Client or str, optional
@@ -873,6 +903,9 @@ def glmer_dask(formula: str, data, family: str | Family = "binomial",
     pattern_budget : int
         Bytes of the merged table's rows (rows x (5 + fixed-effect columns) x 8) that the
         pattern path may hold on the driver; default :data:`~mixedmodels.distributed_patterns.PATTERN_BUDGET` (128 MiB).
+    offset : str, optional
+        A column of ``data`` added to the formula's offsets (as ``glmer``'s ``offset=``; an
+        array is refused: its rows could not be matched on the workers).
 
     Returns
     -------
@@ -899,7 +932,7 @@ def glmer_dask(formula: str, data, family: str | Family = "binomial",
             or pattern_budget < 0:
         raise ValueError(f"`pattern_budget` must be a number of bytes >= 0, got {pattern_budget!r}")
     k0 = 10 if auto else int(nagq)
-    spec, parsed = _build_spec(formula, data, family, weights, link)
+    spec, parsed = _build_spec(formula, data, family, weights, link, offset)
     client = get_client(client)
     info: dict[str, Any] = {}
     pp = None

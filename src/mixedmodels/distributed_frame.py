@@ -20,9 +20,11 @@ import pandas as pd
 
 from .covariance import CovarianceLayout
 from .families import Family, get_family
+from .offsets import attach_offset, evaluate_offsets
 from .formula import (ModelStructure, ReTerm, _drop_dependent_columns, _label, _lhs_variables,
                       _model_matrix, _required_fixed, apply_new_level_rule, evaluate_response, match_levels,
                       parse_formula)
+from .formula import _formula_variables, _integer_columns, _promote
 from .glmm_frame import GlmerFrame, _check_zero_denominators, frame_from_model
 
 __all__ = ["DistributedFitError", "get_client", "DaskReTerm", "DaskModel", "DaskGlmerFrame"]
@@ -119,6 +121,8 @@ class _Spec:
     cnames: list[str]
     family: Family
     weights: str | None
+    offset: str | None = None           # the ``offset=`` column (added to offset(...) terms)
+    offset_vars: list[str] = field(default_factory=list)   # columns the offset(...) terms read
 
 
 
@@ -148,6 +152,10 @@ def _partition_frame(sub: pd.DataFrame, spec: _Spec) -> tuple[GlmerFrame, np.nda
                         lhs_terms=pieces, lhs_ratio=ratio, X=X, xnames=list(spec.xnames),
                         dropped_columns=[], rows=sub.index, n_dropped=0, reterms=[term],
                         fixed_spec=spec.fixed_spec, x_keep=np.arange(X.shape[1]))
+    if ms.parsed.offsets:   # as build_model evaluates them (integer columns promoted first)
+        ms.offset = evaluate_offsets(ms.parsed.offsets,
+                                     _promote(sub, _integer_columns(sub, spec.offset_vars)))
+    ms = attach_offset(ms, spec.offset, sub)
     return frame_from_model(ms, sub, spec.family, spec.weights), keys
 
 
@@ -392,6 +400,7 @@ class DaskModel:
     categories: dict
     n: int
     dropped_columns: list[str] = field(default_factory=list)
+    offset_argument: str | None = None   # the ``offset=`` column, read from new data by predict
 
     @property
     def p(self) -> int:
@@ -445,7 +454,7 @@ _SUPPORTED = ("the Dask fitter supports one grouping factor with a scalar random
               "such as (1 | id), for the binomial and Poisson families")
 
 
-def _check_spec_input(formula, data, family, weights):
+def _check_spec_input(formula, data, family, weights, offset=None):
     parsed = parse_formula(formula)
     if not parsed.lhs:
         raise ValueError(f"formula {formula!r} has no response on the left of '~'")
@@ -462,11 +471,15 @@ def _check_spec_input(formula, data, family, weights):
                          f"{term.group!r}: make it one column first")
     if weights is not None and not isinstance(weights, str):
         raise ValueError("with a Dask frame, `weights` must be the name of a column")
+    if offset is not None and not isinstance(offset, str):
+        raise ValueError("with a Dask frame, `offset` must be the name of a column (an array "
+                         "would have to be aligned with rows spread over the workers); add it "
+                         "to the frame as a column, or write offset(...) in the formula")
     return parsed, term
 
 
-def _build_spec(formula, data, family, weights, link):
-    parsed, term = _check_spec_input(formula, data, family, weights)
+def _build_spec(formula, data, family, weights, link, offset=None):
+    parsed, term = _check_spec_input(formula, data, family, weights, offset)
     fam = get_family(family, link)
     if fam.name not in ("binomial", "poisson"):
         raise ValueError(f"{_SUPPORTED}; family {fam.name!r} has a dispersion parameter, which "
@@ -479,6 +492,12 @@ def _build_spec(formula, data, family, weights, link):
                          f"{', '.join(map(str, columns))})")
     for v in lhs_vars:
         needed.setdefault(v, "response")
+    offset_vars: list[str] = []
+    for e in parsed.offsets:
+        found, miss = _formula_variables(f"0 + I({e})", columns, f"offset({e})")
+        offset_vars += found
+        for v in found + miss:
+            needed.setdefault(v, f"offset({e})")
     for v in sorted(_required_fixed(parsed.fixed_rhs, "fixed-effects part")):
         needed.setdefault(v, "fixed effects")
     for v in sorted(_required_fixed(term.lhs, f"random-effects term {term}")):
@@ -487,6 +506,8 @@ def _build_spec(formula, data, family, weights, link):
     needed.setdefault(group, f"grouping factor of {term}")
     if weights is not None:
         needed.setdefault(weights, "weights")
+    if offset is not None:
+        needed.setdefault(offset, "offset")
     missing = [v for v in needed if v not in columns]
     if missing:
         detail = "; ".join(f"{v!r} (used in the {needed[v]})" for v in missing)
@@ -497,7 +518,7 @@ def _build_spec(formula, data, family, weights, link):
     categories = {}
     meta = data._meta
     for c in cols:
-        if c == group or c in lhs_vars or c == weights:
+        if c == group or c in lhs_vars or c == weights or c == offset:
             continue
         dt = meta[c].dtype
         if isinstance(dt, pd.CategoricalDtype) and not (dt.categories.dtype == object
@@ -525,7 +546,7 @@ def _build_spec(formula, data, family, weights, link):
                              "adaptive-quadrature kernel; a vector term needs the Laplace "
                              "path, which is in memory only.")
     return _Spec(formula, parsed.lhs, cols, group, term, categories, fixed_spec, xnames,
-                 z_spec, cnames, fam, weights), parsed
+                 z_spec, cnames, fam, weights, offset, offset_vars), parsed
 
 
 def _sample_rows(data, n: int = 500) -> pd.DataFrame:

@@ -119,7 +119,7 @@ def glmer(formula: str, data: pd.DataFrame, family: str | Family = "binomial",
     offset : str or array-like, optional
         A known term of the linear predictor (a column name or one value per row of
         ``data``), added to any ``offset(...)`` in the formula, e.g. ``log`` exposure for a
-        Poisson rate (see :mod:`mixedmodels.offsets`). In-memory data only.
+        Poisson rate (see :mod:`mixedmodels.offsets`). With a Dask frame, a column name only.
     client : dask.distributed.Client or str, optional
         Dask data only: the cluster to fit on (default: the current client, else a local one).
     verbose : bool
@@ -177,17 +177,13 @@ def glmer(formula: str, data: pd.DataFrame, family: str | Family = "binomial",
 def _glmer_any(formula, data, family, weights, nagq, start, link, offset, client, verbose,
                dask_path="auto"):
     if data.__class__.__module__.startswith("dask"):
-        from .formula import parse_formula
-
         if not isinstance(nagq, str) and check_nagq(nagq) == 0:
             raise ValueError("nagq=0 (fixed effects inside PIRLS) is for in-memory data; fit a "
                              "Dask frame with nagq=1 or more")
 
-        if offset is not None or parse_formula(formula).offsets:
-            raise ValueError("offsets are not supported for Dask data yet; fit in memory")
         from .distributed import glmer_dask
         res = glmer_dask(formula, data, family, weights, nagq, start, link, client=client,
-                         verbose=verbose, path=dask_path)
+                         verbose=verbose, path=dask_path, offset=offset)
     else:
         keep_freed_memory()  # the kernel's temporaries would page-fault afresh (allocator.py)
         with single_thread_blas():
