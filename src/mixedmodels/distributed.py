@@ -57,7 +57,8 @@ from .distributed_frame import (DaskGlmerFrame, DaskModel, DaskReTerm,  # noqa: 
                                 DistributedFitError, _build_spec, _check_spec_input,
                                 _partition_frame, _part_keys, _rank_of, _Spec, _SUPPORTED,
                                 complete_rows, default_start, get_client, glm_sums,
-                                intercept_sums, kept_columns, partition_counts, reissue)
+                                intercept_sums, kept_columns, partition_counts, reissue,
+                                build_partitions)
 from .distributed_patterns import (PATTERN_BUDGET, PatternObjective, PatternPass,
                                    level_patterns, pattern_pass)
 from .families import Family
@@ -684,18 +685,8 @@ def _kernel_objective(spec: _Spec, parsed, data, client, nagq: int, verbose: boo
             # The task-based shuffle: its pieces are ordinary tasks, recomputed if a worker
             # is lost.
             data = data.shuffle(on=spec.group, method="tasks")
-    token = uuid.uuid4().hex[:12]
-    parts = data[spec.cols].to_delayed()
-    states = [dask.delayed(_build_partition, pure=False)(p, spec,
-                                                        dask_key_name=f"mm-partition-{token}-{i}")
-              for i, p in enumerate(parts)]
-    futures = client.compute(states)
-    try:
-        sums = client.gather([client.submit(_summary, f, pure=False) for f in futures])
-    except ValueError:
-        raise
-    except Exception as exc:
-        raise DistributedFitError(f"building the partitions failed ({exc})") from exc
+    futures, sums = build_partitions(client, data[spec.cols].to_delayed(), _build_partition,
+                                     _summary, spec, "mm-partition")
     dm = _driver_model(spec, parsed, sums, group_dtype)
     obj = DaskScalarObjective(client, futures, dm.frame, nagq, dm.x_keep, dm.part_ngroups,
                               dm.rank, dm.z_one, verbose=verbose)

@@ -278,6 +278,54 @@ def reissue(messages, stacklevel: int) -> None:
             warnings.warn(msg, cat, stacklevel=stacklevel + 1)
 
 
+def build_partitions(client, parts, build, summary, spec, prefix: str):
+    """Build each partition's state on its worker once (kept there as futures) and gather
+    the partitions' small summaries.
+
+    Parameters
+    ----------
+    client : dask.distributed.Client
+    parts : list of dask.delayed.Delayed
+        The partitions (``frame[cols].to_delayed()``), whole groups each.
+    build, summary : callable
+        ``build(partition_frame, spec) -> state`` runs on the workers; ``summary(state)`` is
+        what comes back to the driver.
+    spec : object
+        Passed to ``build``.
+    prefix : str
+        The tasks' key prefix (a random token is added so two fits never share keys).
+
+    Returns
+    -------
+    futures : list of Future
+        The partitions' states, one per partition, kept on the workers.
+    sums : list
+        ``summary(state)`` of each partition.
+
+    Raises
+    ------
+    ValueError
+        A partition found bad input (raised as is).
+    DistributedFitError
+        The cluster failed while building.
+    """
+    import uuid
+
+    import dask
+
+    token = uuid.uuid4().hex[:12]
+    states = [dask.delayed(build, pure=False)(p, spec, dask_key_name=f"{prefix}-{token}-{i}")
+              for i, p in enumerate(parts)]
+    futures = client.compute(states)
+    try:
+        sums = client.gather([client.submit(summary, f, pure=False) for f in futures])
+    except ValueError:
+        raise
+    except Exception as exc:
+        raise DistributedFitError(f"building the partitions failed ({exc})") from exc
+    return futures, sums
+
+
 def partition_counts(sums: list[dict], cols: list[str], stacklevel: int) -> tuple[int, np.ndarray]:
     """What the partitions' summaries say about all rows, as an in-memory frame finds it.
 

@@ -55,7 +55,7 @@ import scipy.linalg as sla
 
 from .blas import single_thread_blas
 from .distributed import DistributedFitError, _part_keys, _rank_of, get_client
-from .distributed_frame import partition_counts
+from .distributed_frame import build_partitions, partition_counts
 from .formula import (ModelStructure, ReTerm, _drop_dependent_columns, _label, _lhs_variables,
                       _formula_variables, build_model, evaluate_response, new_model_matrix,
                       parse_formula, resolve_spec)
@@ -644,16 +644,8 @@ def dask_lmm_problem(formula: str, data, reml: bool = True, *, weights: str | No
     shuffled = len(pd.unique(allk)) != len(allk)
     if shuffled:
         data = data.shuffle(on=spec.group, method="tasks")
-    token = uuid.uuid4().hex[:12]
-    states = [dask.delayed(_build_part, pure=False)(p, spec, dask_key_name=f"mm-lmm-{token}-{i}")
-              for i, p in enumerate(data[spec.cols].to_delayed())]
-    futures = client.compute(states)
-    try:
-        sums = client.gather([client.submit(_summary, f, pure=False) for f in futures])
-    except ValueError:
-        raise
-    except Exception as exc:
-        raise DistributedFitError(f"building the partitions failed ({exc})") from exc
+    futures, sums = build_partitions(client, data[spec.cols].to_delayed(), _build_part, _summary,
+                                     spec, "mm-lmm")
     n, allk = partition_counts(sums, spec.cols, stacklevel=3)
     ndrop = sum(s["n_dropped"] for s in sums)
     part_keys = [s["keys"] for s in sums]
