@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import functools
 import re
 import warnings
 from dataclasses import dataclass, field, replace
@@ -611,7 +612,19 @@ def _sorted_factorize(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     arrow-backed strings (pandas 3's default) through pyarrow, ~0.1 ms a column, more than
     the factorization. Python's string order is the code-point order pyarrow sorts by.
     Raises TypeError where the uniques do not sort (mixed types)."""
-    codes, uniques = pd.factorize(col, sort=False)
+    dt = col.dtype
+    # Series.factorize is pd.factorize of the values wrapped in an Index (a cost here); the
+    # same values without it: the ndarray for numpy dtypes (float16 aside: Series.factorize
+    # widens it), the extension array otherwise.
+    if isinstance(dt, np.dtype) and dt.kind in "biufO" and dt != np.float16:
+        codes, uniques = pd.factorize(col.to_numpy(), sort=False)
+    elif isinstance(dt, np.dtype):
+        codes, uniques = pd.factorize(col, sort=False)
+    else:
+        arr = col.array
+        codes, uniques = arr.factorize()
+        if uniques.dtype != arr.dtype:  # what pd.factorize would rebuild
+            codes, uniques = pd.factorize(arr, sort=False)
     uniques = np.asarray(uniques, dtype=object)
     order = np.argsort(uniques, kind="stable")
     rank = np.empty(len(order), dtype=np.int64)
@@ -636,22 +649,41 @@ def grouping_codes(data: pd.DataFrame, group_vars: tuple[str, ...]) -> tuple[np.
     keys : list of tuple
         The raw values of the grouping columns for each level.
     """
+    return _grouping_codes(data, group_vars, None)
+
+
+def _column_levels(col: pd.Series) -> tuple[np.ndarray, list]:
+    """Codes (int64, -1 for a missing value) and levels of one grouping column."""
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        col = col.cat.remove_unused_categories()
+        codes = col.cat.codes.to_numpy(dtype=np.int64)
+        uniques = list(col.cat.categories)
+    else:
+        try:
+            codes, uniques = _sorted_factorize(col)
+        except TypeError:
+            # Mixed types do not sort; fall back to their string forms.
+            codes, uniques = pd.factorize(col.astype(str), sort=True)
+        uniques = list(uniques)
+    return np.asarray(codes, dtype=np.int64), [u.item() if isinstance(u, np.generic) else u for u in uniques]
+
+
+def _grouping_codes(data: Any, group_vars: tuple[str, ...],
+                    memo: dict[Any, tuple[np.ndarray, list]] | None) -> tuple[np.ndarray, list[str], list[tuple]]:
+    """:func:`grouping_codes`; ``memo`` keeps each column's levels for the next term that
+    reads it (``(1 | batch/cask)`` reads ``batch`` twice)."""
     codes_list, uniques_list = [], []
     for v in group_vars:
-        col = data[v]
-        if isinstance(col.dtype, pd.CategoricalDtype):
-            col = col.cat.remove_unused_categories()
-            codes = col.cat.codes.to_numpy(dtype=np.int64)
-            uniques = list(col.cat.categories)
+        if memo is None:
+            codes, uniques = _column_levels(data[v])
+        elif v in memo:
+            codes, uniques = memo[v]
+            codes, uniques = codes.copy(), list(uniques)  # each term owns its arrays
         else:
-            try:
-                codes, uniques = _sorted_factorize(col)
-            except TypeError:
-                # Mixed types do not sort; fall back to their string forms.
-                codes, uniques = pd.factorize(col.astype(str), sort=True)
-            uniques = list(uniques)
-        codes_list.append(np.asarray(codes, dtype=np.int64))
-        uniques_list.append([u.item() if isinstance(u, np.generic) else u for u in uniques])
+            codes, uniques = memo[v] = _column_levels(data[v])
+            codes, uniques = codes.copy(), list(uniques)
+        codes_list.append(codes)
+        uniques_list.append(uniques)
     if len(group_vars) == 1:
         # One grouping column (the common case, and the big one: a user id with a million
         # levels) needs no interaction bookkeeping; its unused levels are already dropped.
@@ -661,15 +693,15 @@ def grouping_codes(data: pd.DataFrame, group_vars: tuple[str, ...]) -> tuple[np.
     for c, u in zip(codes_list[1:], uniques_list[1:]):
         combined = combined * len(u) + c
     keys_sorted, codes = np.unique(combined, return_inverse=True)
-    labels, raw = [], []
-    for key in keys_sorted:
-        parts = []
-        for u in reversed(uniques_list):
-            key, r = divmod(int(key), len(u))
-            parts.append(u[r])
-        parts.reverse()
-        raw.append(tuple(parts))
-        labels.append(":".join(_label(p) for p in parts))
+    # Each level's position among each column's levels (numpy's // and % floor as Python's).
+    positions, key = [], keys_sorted
+    for u in reversed(uniques_list):
+        key, r = np.divmod(key, len(u))
+        positions.append(r.tolist())
+    positions.reverse()
+    raw = list(zip(*[[u[r] for r in pos] for u, pos in zip(uniques_list, positions)]))
+    names = [[_label(x) for x in u] for u in uniques_list]
+    labels = [":".join(parts) for parts in zip(*[[nm[r] for r in pos] for nm, pos in zip(names, positions)])]
     return codes.astype(np.int64), labels, raw
 
 
@@ -875,15 +907,13 @@ def _promote(data: pd.DataFrame, float_columns: tuple[str, ...] | list[str]) -> 
     return data
 
 
-def _ordered_contrasts(rhs: str, data: pd.DataFrame) -> tuple[str, dict[str, str]]:
+def _ordered_contrasts(rhs: str, ordered: tuple[str, ...]) -> tuple[str, dict[str, str]]:
     """R codes an ordered factor by polynomial contrasts (``contr.poly``: columns ``o.L``,
-    ``o.Q``, ``o.C``, ``o^4``...): bare names of ordered categorical columns become
-    ``C(o, contr.poly)``, and the returned map renames the columns back to R's spelling."""
+    ``o.Q``, ``o.C``, ``o^4``...): bare names of the ``ordered`` categorical columns (in the
+    data's column order) become ``C(o, contr.poly)``, and the returned map renames the columns
+    back to R's spelling."""
     renames: dict[str, str] = {}
-    # The dtypes at once: a column lookup per column costs more than a small fit's optimization.
-    for col, dtype in data.dtypes.items():
-        if not (isinstance(col, str) and isinstance(dtype, pd.CategoricalDtype) and dtype.ordered):
-            continue
+    for col in ordered:
         pattern = re.compile(r"(?<![A-Za-z0-9_.`])" + re.escape(col) + r"(?![A-Za-z0-9_.`(])")
         wrapped = f"C({col}, contr.poly)"
         # R's factor(o) of an ordered factor stays ordered: polynomial contrasts, factor(o).L
@@ -905,14 +935,14 @@ def _ordered_contrasts(rhs: str, data: pd.DataFrame) -> tuple[str, dict[str, str
     return rhs, renames
 
 
-def _expand_dot(rhs: str, data: pd.DataFrame, exclude: set[str]) -> str:
+def _expand_dot(rhs: str, columns: pd.Index, exclude: set[str]) -> str:
     """``y ~ . + (1 | g)``: the dot is every column except the response's and the grouping
     factors' and the offsets' (R's dot excludes the response; a grouping factor as a fixed
     effect as well would be confounded with its random effect)."""
     pattern = re.compile(r"(?<![A-Za-z0-9_.`])\.(?![A-Za-z0-9_.`])")
     if not pattern.search(rhs):
         return rhs
-    cols = [c for c in data.columns if c not in exclude]
+    cols = [c for c in columns if c not in exclude]
     if not cols:
         raise ValueError("'.' in the formula stands for every column but the response and the grouping "
                          "factors, and there are none left")
@@ -962,13 +992,16 @@ class _DeferredSpec:
     made by formulaic from the same data only when something asks for it (prediction on new
     data): building it costs more than a small fit."""
 
-    def __init__(self, rhs: str, data: pd.DataFrame, what: str, renames: dict[str, str] | None):
+    def __init__(self, rhs: str, data: pd.DataFrame | _PromotedFrame, what: str, renames: dict[str, str] | None):
         self._args = (rhs, data, what, renames)
         self._spec = None
 
     def resolve(self) -> Any:
         if self._spec is None:
-            self._spec = _model_matrix(*self._args)[2]
+            rhs, data, what, renames = self._args
+            if isinstance(data, _PromotedFrame):
+                data = data.get()
+            self._spec = _model_matrix(rhs, data, what, renames)[2]
         return self._spec
 
     def __getattr__(self, name: str) -> Any:
@@ -1183,19 +1216,185 @@ def _drop_dependent_columns(X: np.ndarray, names: list[str], tol: float = 1e-7) 
     """Indices of columns to keep: a column is dropped when it is (numerically) a linear
     combination of the columns before it, as R's pivoted QR with its tolerance 1e-7 does."""
     keep: list[int] = []
-    Q = np.zeros((X.shape[0], 0))
+    Q = None
     for j in range(X.shape[1]):
         col = X[:, j]
         norm = np.linalg.norm(col)
         if norm == 0:
             continue
-        resid = col - Q @ (Q.T @ col)
-        resid = resid - Q @ (Q.T @ resid)  # second pass for numerical orthogonality
-        rnorm = np.linalg.norm(resid)
+        if Q is None:
+            resid, rnorm = col, norm  # nothing to project out yet
+        else:
+            resid = col - Q @ (Q.T @ col)
+            resid = resid - Q @ (Q.T @ resid)  # second pass for numerical orthogonality
+            rnorm = np.linalg.norm(resid)
         if rnorm > tol * norm:
             keep.append(j)
-            Q = np.column_stack([Q, resid / rnorm])
+            Q = (resid / rnorm)[:, None] if Q is None else np.column_stack([Q, resid / rnorm])
     return np.array(keep, dtype=np.int64)
+
+
+class _ColumnsKey:
+    """A DataFrame's column labels as a cache key that carries the labels themselves: two keys
+    are equal when the labels, their types and the index type are, so a cached formula plan is
+    reused only for columns that read the same (1 and 1.0, or "a" and np.str_("a"), differ)."""
+
+    __slots__ = ("columns", "_key", "_hash")
+
+    def __init__(self, columns: pd.Index):
+        self.columns = columns
+        labels = tuple(columns)
+        self._key = (type(columns), labels, tuple(map(type, labels)))
+        self._hash = hash(self._key)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _ColumnsKey) and self._key == other._key
+
+
+@dataclass(frozen=True)
+class _FormulaPlan:
+    """What :func:`build_model` reads from a formula and the data's column labels (and which of
+    them are ordered categoricals), before touching any values. Shared between calls through
+    a cache: never modified, and its lists are copied into each model."""
+
+    parsed: ParsedFormula
+    renames: dict[str, str]
+    needed: dict[Any, str]
+    fixed_vars: list[str]
+    term_vars: list[list[str]]
+    offset_vars: list[str]
+    as_factor: frozenset[str]
+    # Column labels whose dtype decides the plan: an ordered categorical among them gets
+    # polynomial contrasts (every label that occurs in the text of the terms).
+    dtype_candidates: tuple = ()
+
+
+def _formula_terms(formula: str, cols: pd.Index) -> tuple[ParsedFormula, dict[Any, str], list[str], tuple]:
+    """The first, dtype-free half of a plan: the parsed formula with the dot expanded, the
+    columns of the response and offsets, and the labels whose dtype the rest depends on."""
+    parsed = parse_formula(formula)
+    if not parsed.lhs:
+        raise ValueError(f"formula {formula!r} has no response on the left of '~'")
+    needed: dict[Any, str] = {}
+    lhs_vars = _lhs_variables(parsed.lhs, cols)
+    if not lhs_vars:
+        raise ValueError(f"response {parsed.lhs!r}: no such column in data (columns: {', '.join(map(str, cols))})")
+    for v in sorted(lhs_vars):
+        needed.setdefault(v, "response")
+    offset_vars: list[str] = []
+    for e in parsed.offsets:
+        found, miss = _formula_variables(f"0 + I({e})", cols, f"offset({e})")
+        offset_vars += found
+        for v in found + miss:
+            needed.setdefault(v, f"offset({e})")
+    group_vars = {v for term in parsed.random for v in term.group_vars}
+    fixed_rhs = _expand_dot(parsed.fixed_rhs, cols, set(lhs_vars) | group_vars | set(offset_vars))
+    for term in parsed.random:
+        if re.search(r"(?<![A-Za-z0-9_.`])\.(?![A-Za-z0-9_.`])", term.lhs):
+            raise ValueError(f"formula {formula!r}: '.' (all other columns) is supported in the fixed part only, "
+                             f"not in the random-effects term {term}")
+    parsed = replace(parsed, fixed_rhs=fixed_rhs)
+    # _ordered_contrasts rewrites a name only where it occurs in the text (or in the text it
+    # inserts), so only those labels' dtypes matter.
+    texts = [fixed_rhs, "C(, contr.poly)"] + [t.lhs for t in parsed.random]
+    candidates = tuple(c for c in cols if isinstance(c, str) and any(c in t for t in texts))
+    return parsed, needed, offset_vars, candidates
+
+
+def _formula_plan(formula: str, cols: pd.Index, ordered: tuple[str, ...], terms: tuple) -> _FormulaPlan:
+    """The whole plan of :func:`build_model` for a formula, the data's column labels, the
+    labels of its ordered categorical columns (among the candidates of :func:`_formula_terms`)
+    and the result of :func:`_formula_terms`."""
+    parsed, needed, offset_vars, candidates = terms
+    needed = dict(needed)
+    fixed_rhs, renames = _ordered_contrasts(parsed.fixed_rhs, ordered)
+    random = []
+    for term in parsed.random:
+        lhs, more = _ordered_contrasts(term.lhs, ordered)
+        renames.update(more)
+        random.append(replace(term, lhs=lhs))
+    parsed = replace(parsed, fixed_rhs=fixed_rhs, random=random)
+    fixed_vars, missing_fixed = _formula_variables(parsed.fixed_rhs, cols, "fixed-effects part")
+    for v in fixed_vars + missing_fixed:
+        needed.setdefault(v, "fixed effects")
+    term_vars = []
+    for term in parsed.random:
+        found, miss = ([], []) if term.lhs.strip() == "1" else _formula_variables(
+            term.lhs, cols, f"random-effects term {term}")
+        term_vars.append(found)
+        for v in found + miss:
+            needed.setdefault(v, f"random-effects term {term}")
+        for v in term.group_vars:
+            needed.setdefault(v, f"grouping factor of {term}")
+    missing = [v for v in needed if v not in cols]
+    if missing:
+        detail = "; ".join(f"{v!r} (used in the {needed[v]})" for v in missing)
+        raise ValueError(f"column(s) not found in data: {detail}")
+    # Integer columns coded as factors keep their integer labels (factor(k)2, not 2.0).
+    as_factor = set(_FACTOR_ARG.findall(" ".join([parsed.fixed_rhs] + [t.lhs for t in parsed.random])))
+    return _FormulaPlan(parsed=parsed, renames=renames, needed=needed, fixed_vars=fixed_vars, term_vars=term_vars,
+                        offset_vars=offset_vars, as_factor=frozenset(v.strip("`") for v in as_factor),
+                        dtype_candidates=candidates)
+
+
+class _Columns:
+    """The data columns a model reads, each taken from the user's frame once (a DataFrame
+    lookup costs more than the arithmetic of a small model)."""
+
+    def __init__(self, data: pd.DataFrame):
+        self.data = data
+        self.series: dict[Any, pd.Series] = {}
+
+    def __getitem__(self, c: Any) -> pd.Series:
+        s = self.series.get(c)
+        if s is None:
+            s = self.series[c] = self.data[c]
+        return s
+
+
+def _ordered_columns(columns: _Columns, candidates: tuple) -> tuple[str, ...]:
+    return tuple(c for c in candidates
+                 if isinstance(dt := columns[c].dtype, pd.CategoricalDtype) and dt.ordered)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_terms(formula: str, key: _ColumnsKey) -> tuple:
+    return _formula_terms(formula, key.columns)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_plan(formula: str, key: _ColumnsKey, ordered: tuple[str, ...]) -> _FormulaPlan:
+    return _formula_plan(formula, key.columns, ordered, _cached_terms(formula, key))
+
+
+def _plan(formula: str, data: pd.DataFrame, columns: _Columns) -> _FormulaPlan:
+    """The formula's plan on ``data``'s columns, from the cache when the labels are plain and
+    unique (a MultiIndex matches partial keys, duplicates are looked up as frames)."""
+    if isinstance(data.columns, pd.MultiIndex) or not data.columns.is_unique:
+        terms = _formula_terms(formula, data.columns)
+        ordered = tuple(c for c, dt in data.dtypes.items() if c in terms[3] and isinstance(c, str)
+                        and isinstance(dt, pd.CategoricalDtype) and dt.ordered)
+        return _formula_plan(formula, data.columns, ordered, terms)
+    key = _ColumnsKey(data.columns)
+    candidates = _cached_terms(formula, key)[3]
+    return _cached_plan(formula, key, _ordered_columns(columns, candidates))
+
+
+def _simple_response(lhs: str, columns: _Columns, labels: pd.Index) -> np.ndarray | None:
+    """A response that is a plain numeric column, as float: what :func:`evaluate_response`
+    gives for it (a new array, read-only as pandas' copy-on-write arrays are); None for
+    anything else."""
+    if lhs not in labels or "/" in lhs or "cbind" in lhs:
+        return None
+    dt = columns[lhs].dtype
+    if not isinstance(dt, np.dtype) or dt.kind not in "biuf":
+        return None
+    y = np.array(columns[lhs].to_numpy(dtype=float), dtype=float)
+    y.flags.writeable = False
+    return y
 
 
 def build_model(formula: str, data: pd.DataFrame, *, drop_rank_deficient: bool = True,
@@ -1228,91 +1427,70 @@ def build_model(formula: str, data: pd.DataFrame, *, drop_rank_deficient: bool =
     """
     if not isinstance(data, pd.DataFrame):
         raise ValueError(f"data must be a pandas DataFrame, got {type(data).__name__}")
-    parsed = parse_formula(formula)
-    if not parsed.lhs:
-        raise ValueError(f"formula {formula!r} has no response on the left of '~'")
+    if not isinstance(formula, str):
+        parse_formula(formula)  # raises the error for a formula that is not a string
+    unique = data.columns.is_unique
+    columns = _Columns(data)
+    plan = _plan(formula, data, columns)
+    parsed = replace(plan.parsed, random=list(plan.parsed.random), offsets=list(plan.parsed.offsets))
+    renames = dict(plan.renames)
+    fixed_vars = list(plan.fixed_vars)
+    term_vars = [list(tv) for tv in plan.term_vars]
 
-    needed: dict[str, str] = {}
-    lhs_vars = _lhs_variables(parsed.lhs, data.columns)
-    if not lhs_vars:
-        raise ValueError(f"response {parsed.lhs!r}: no such column in data (columns: {', '.join(map(str, data.columns))})")
-    for v in sorted(lhs_vars):
-        needed.setdefault(v, "response")
-    offset_vars: list[str] = []
-    for e in parsed.offsets:
-        found, miss = _formula_variables(f"0 + I({e})", data.columns, f"offset({e})")
-        offset_vars += found
-        for v in found + miss:
-            needed.setdefault(v, f"offset({e})")
-    group_vars = {v for term in parsed.random for v in term.group_vars}
-    fixed_rhs = _expand_dot(parsed.fixed_rhs, data, set(lhs_vars) | group_vars | set(offset_vars))
-    fixed_rhs, renames = _ordered_contrasts(fixed_rhs, data)
-    random = []
-    for term in parsed.random:
-        if re.search(r"(?<![A-Za-z0-9_.`])\.(?![A-Za-z0-9_.`])", term.lhs):
-            raise ValueError(f"formula {formula!r}: '.' (all other columns) is supported in the fixed part only, "
-                             f"not in the random-effects term {term}")
-        lhs, more = _ordered_contrasts(term.lhs, data)
-        renames.update(more)
-        random.append(replace(term, lhs=lhs))
-    parsed = replace(parsed, fixed_rhs=fixed_rhs, random=random)
-    fixed_vars, missing_fixed = _formula_variables(parsed.fixed_rhs, data.columns, "fixed-effects part")
-    for v in fixed_vars + missing_fixed:
-        needed.setdefault(v, "fixed effects")
-    term_vars = []
-    for term in parsed.random:
-        found, miss = ([], []) if term.lhs.strip() == "1" else _formula_variables(
-            term.lhs, data.columns, f"random-effects term {term}")
-        term_vars.append(found)
-        for v in found + miss:
-            needed.setdefault(v, f"random-effects term {term}")
-        for v in term.group_vars:
-            needed.setdefault(v, f"grouping factor of {term}")
-    missing = [v for v in needed if v not in data.columns]
-    if missing:
-        detail = "; ".join(f"{v!r} (used in the {needed[v]})" for v in missing)
-        raise ValueError(f"column(s) not found in data: {detail}")
-
-    cols = list(needed)
-    if data.columns.is_unique:
+    cols = list(plan.needed)
+    if unique:
         # Column by column: pandas' list indexing costs more than a small fit's optimization.
-        complete = np.logical_and.reduce([data[c].notna().to_numpy() for c in cols] + [np.ones(len(data), bool)])
+        complete = None
+        for c in cols:
+            na = np.asarray(pd.isna(columns[c].array), dtype=bool)
+            if na.any():
+                complete = ~na if complete is None else complete & ~na
     else:
         complete = data[cols].notna().all(axis=1).to_numpy().copy()
     extra = {k: v for k, v in (row_arguments or {}).items() if v is not None}
     for v in extra.values():
-        complete &= v.notna().to_numpy()
-    n_dropped = int((~complete).sum())
+        na = np.asarray(pd.isna(v.array), dtype=bool)
+        if na.any():
+            complete = ~na if complete is None else complete & ~na
+    if complete is not None and complete.all():
+        complete = None
+    n_dropped = 0 if complete is None else int((~complete).sum())
     if n_dropped:
-        bad = [c for c in cols if data[c].isna().any()] + [f"`{k}`" for k, v in extra.items() if v.isna().any()]
+        bad = ([c for c in cols if (columns[c] if unique else data[c]).isna().any()]
+               + [f"`{k}`" for k, v in extra.items() if v.isna().any()])
         warnings.warn(
             f"dropped {n_dropped} of {len(data)} rows with missing values in {', '.join(map(str, bad))} "
             "(like R's na.omit)",
             UserWarning,
             stacklevel=2,
         )
-    sub = _select(data, cols, None if complete.all() else complete)
+    sub = _select(data, cols, complete, columns.series if unique else None)
     if len(sub) == 0:
         raise ValueError("no complete rows left after dropping rows with missing values")
+    # The columns of the rows used: the user's own when every row is (read only, never written).
+    used = columns if unique and complete is None else _Columns(sub)
+    n = len(sub)
 
-    y, pieces, ratio = evaluate_response(parsed.lhs, sub)
+    y = _simple_response(parsed.lhs, used, data.columns) if unique else None
+    if y is not None:
+        pieces, ratio = [y], None
+    else:
+        y, pieces, ratio = evaluate_response(parsed.lhs, sub)
     if not np.all(np.isfinite(y)):
         raise ValueError(f"the response {parsed.lhs!r} has {int(np.sum(~np.isfinite(y)))} infinite or "
                          "undefined values (log of 0 or of a negative number?)")
 
     model_vars = list(dict.fromkeys(fixed_vars + [v for tv in term_vars for v in tv]))
-    # Integer columns coded as factors keep their integer labels (factor(k)2, not 2.0).
-    as_factor = set(_FACTOR_ARG.findall(" ".join([parsed.fixed_rhs] + [t.lhs for t in parsed.random])))
-    as_factor = {v.strip("`") for v in as_factor}
-    float_columns = tuple(v for v in _integer_columns(sub, model_vars) if v not in as_factor)
-    frame = _promote(sub, float_columns)
-    X_full, xnames_full, fixed_spec = (_simple_model_matrix(parsed.fixed_rhs, frame, "fixed-effects matrix", renames)
-                                       or _model_matrix(parsed.fixed_rhs, frame, "fixed-effects matrix", renames))
-    if X_full.shape[0] != len(sub):
+    float_columns = tuple(v for v in _integer_columns(used, model_vars) if v not in plan.as_factor)
+    frame = _PromotedFrame(sub, float_columns)
+    X_full, xnames_full, fixed_spec = _model_columns(parsed.fixed_rhs, used, frame, "fixed-effects matrix", renames,
+                                                     data.columns)
+    if X_full.shape[0] != n:
         raise ValueError("the fixed-effects matrix has a different number of rows from the data")
     _check_finite_columns(X_full, xnames_full, "fixed-effects")
     keep = _drop_dependent_columns(X_full, xnames_full)
-    dropped = [xnames_full[j] for j in range(len(xnames_full)) if j not in set(keep.tolist())]
+    kept = set(keep.tolist())
+    dropped = [xnames_full[j] for j in range(len(xnames_full)) if j not in kept]
     if dropped:
         if not drop_rank_deficient:
             raise ValueError(f"fixed-effects model matrix is rank deficient; linearly dependent column(s): {', '.join(dropped)}")
@@ -1326,18 +1504,18 @@ def build_model(formula: str, data: pd.DataFrame, *, drop_rank_deficient: bool =
     xnames = [xnames_full[j] for j in keep]
 
     reterms = []
+    levels_memo: dict[Any, tuple[np.ndarray, list]] = {}
     for term, tvars in zip(parsed.random, term_vars):
         if term.lhs.strip() == "1":
             # Skip formulaic for the common intercept-only term (it is the slow part of tiny fits).
-            Z, cnames, spec = np.ones((len(sub), 1)), ["(Intercept)"], None
+            Z, cnames, spec = np.ones((n, 1)), ["(Intercept)"], None
         else:
-            what = f"random-effects term {term}"
-            Z, cnames, spec = (_simple_model_matrix(term.lhs, frame, what, renames)
-                               or _model_matrix(term.lhs, frame, what, renames))
+            Z, cnames, spec = _model_columns(term.lhs, used, frame, f"random-effects term {term}", renames,
+                                             data.columns)
         if Z.shape[1] == 0:
             raise ValueError(f"random-effects term {term} has no columns")
         _check_finite_columns(Z, cnames, f"random-effects term {term}")
-        codes, labels, keys = grouping_codes(sub, term.group_vars)
+        codes, labels, keys = _grouping_codes(used if unique else sub, term.group_vars, levels_memo)
         if len(labels) < 2:
             raise ValueError(
                 f"grouping factor {term.group!r} has {len(labels)} level; a random effect needs at least 2 levels"
@@ -1350,25 +1528,78 @@ def build_model(formula: str, data: pd.DataFrame, *, drop_rank_deficient: bool =
     # lme4 orders terms by decreasing number of levels (a stable sort).
     reterms.sort(key=lambda t: -t.nlevels)
 
+    offset = None
+    if parsed.offsets:
+        offset = evaluate_offsets(parsed.offsets, _promote(sub, _integer_columns(used, plan.offset_vars)))
     return ModelStructure(
         formula=formula, parsed=parsed, data=sub, y=y, lhs_terms=pieces, lhs_ratio=ratio,
-        X=X, xnames=xnames, dropped_columns=dropped, rows=data.index[complete], n_dropped=n_dropped,
-        reterms=reterms, fixed_spec=fixed_spec, x_keep=keep, fixed_variables=fixed_vars,
-        float_columns=tuple(c for c in float_columns if c in fixed_vars),
-        offset=evaluate_offsets(parsed.offsets, _promote(sub, _integer_columns(sub, offset_vars))),
+        X=X, xnames=xnames, dropped_columns=dropped,
+        rows=data.index[complete] if complete is not None else data.index.copy(),
+        n_dropped=n_dropped, reterms=reterms, fixed_spec=fixed_spec, x_keep=keep, fixed_variables=fixed_vars,
+        float_columns=tuple(c for c in float_columns if c in fixed_vars), offset=offset,
     )
+
+
+class _PromotedFrame:
+    """The rows used with integer columns promoted to float (what formulaic evaluates), made
+    only when formulaic is needed: now for a term the fast path cannot build, or later for
+    prediction (a picklable stand-in for the frame in a deferred spec)."""
+
+    def __init__(self, sub: pd.DataFrame, float_columns: tuple[str, ...]):
+        self.sub, self.float_columns, self._frame = sub, float_columns, None
+
+    def get(self) -> pd.DataFrame:
+        if self._frame is None:
+            self._frame = _promote(self.sub, self.float_columns)
+        return self._frame
+
+    def __getstate__(self) -> dict:
+        return {"sub": self.sub, "float_columns": self.float_columns, "_frame": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+
+def _model_columns(rhs: str, columns: _Columns, frame: _PromotedFrame, what: str,
+                   renames: dict[str, str], labels: pd.Index) -> tuple[np.ndarray, list[str], Any]:
+    """:func:`_simple_model_matrix` on the columns already taken out, else formulaic on the
+    promoted frame. ``labels`` are the user's column labels (the used ones among them are the
+    frame's columns; the user's Index has its hash table built already)."""
+    simple = _simple_terms(rhs)
+    if simple is not None:
+        intercept, names = simple
+        cols = []
+        for name in names:
+            dt = columns[name].dtype if name in labels else None
+            if isinstance(dt, np.dtype) and dt.kind in "iuf":
+                cols.append(columns[name].to_numpy(dtype=float))
+            elif name in frame.float_columns:  # a nullable integer column, promoted as _promote does
+                cols.append(pd.to_numeric(columns[name], errors="coerce").astype(float).to_numpy(dtype=float))
+            else:
+                break
+        else:
+            n = len(frame.sub)
+            if intercept:
+                cols.insert(0, np.ones(n))
+            values = np.column_stack(cols) if cols else np.empty((n, 0))
+            return values, ["(Intercept)"] * intercept + names, _DeferredSpec(rhs, frame, what, renames)
+    return _model_matrix(rhs, frame.get(), what, renames)
 
 
 # Under copy-on-write (pandas >= 3) a frame built from another's columns is already a copy.
 _COPY_ON_WRITE = int(pd.__version__.split(".")[0]) >= 3
 
 
-def _select(data: pd.DataFrame, cols: list, rows: np.ndarray | None) -> pd.DataFrame:
+def _select(data: pd.DataFrame, cols: list, rows: np.ndarray | None,
+            series: dict[Any, pd.Series] | None = None) -> pd.DataFrame:
     """A copy of ``data[cols]`` (only the ``rows`` where given): the frame
-    ``data.loc[rows, cols].copy()`` is, built from the columns directly (~5x faster)."""
+    ``data.loc[rows, cols].copy()`` is, built from the columns directly (~5x faster);
+    ``series`` holds columns already taken out of ``data``."""
     if not data.columns.is_unique:
         return data.loc[rows if rows is not None else slice(None), cols].copy()
-    out = pd.DataFrame({c: data[c] for c in cols}, index=data.index, copy=not _COPY_ON_WRITE)
+    series = series or {}
+    out = pd.DataFrame({c: series[c] if c in series else data[c] for c in cols}, index=data.index,
+                       copy=not _COPY_ON_WRITE)
     return out if rows is None else out[rows]
 
 
