@@ -1,8 +1,9 @@
 """The fast paths of model building give what the general ones give.
 
 build_model caches what it reads from a formula and the data's column labels (never the data),
-factorizes grouping columns without pandas' Index of the uniques, builds interaction levels
-with numpy, and reuses a column's levels for a second term that reads it. Each is checked here
+factorizes grouping columns without pandas' Index of the uniques (short text columns with a
+dict), builds interaction levels with numpy, reuses a column's levels for a second term that
+reads it, and builds ``ModelStructure.data`` only when it is first read. Each is checked here
 against the straightforward computation it replaces, across the dtypes a grouping column can
 have, and the cache against frames it must not be reused for.
 """
@@ -87,6 +88,10 @@ def _columns(n: int = 30) -> dict[str, pd.Series]:
 
 
 COLUMNS = _columns()
+# Text columns longer than fm._SMALL_FACTORIZE take pandas' factorization instead of a dict.
+LONG = {f"{k}_long": pd.concat([v] * 10, ignore_index=True) for k, v in COLUMNS.items() if k.startswith(("str", "object"))}
+assert all(len(v) > fm._SMALL_FACTORIZE for v in LONG.values())
+COLUMNS.update(LONG)
 
 
 @pytest.mark.parametrize("kind", [k for k in COLUMNS if not k.startswith("category")])
@@ -204,3 +209,36 @@ def test_cache_never_holds_values(df):
     df.loc[0, "x"] = 99.0  # the user's frame changed in place after a fit
     assert build_model(f, df).X[0, 1] == 99.0
     assert a.X[0, 1] != 99.0 and a.data.loc[0, "x"] != 99.0
+
+
+# ---- ModelStructure.data built on first use -------------------------------------------------
+
+
+def test_deferred_data_is_the_frame_of_the_rows_used(df):
+    import dataclasses
+    import pickle
+
+    m = build_model("y ~ x + (1 | g)", df)
+    expected = df[["y", "x", "g"]].copy()
+    fresh = build_model("y ~ x + (1 | g)", df)
+    df.loc[0, "x"] = 99.0  # a change to the user's frame after the fit does not reach it
+    df["y"] = 0.0
+    pd.testing.assert_frame_equal(m.data, expected)
+    assert m.data is m.data
+    m.data.loc[1, "x"] = -5.0  # nor does a change to the model's frame reach the user's
+    assert df.loc[1, "x"] == expected.loc[1, "x"]
+    # pickled before the frame was built, it is built after unpickling
+    back = pickle.loads(pickle.dumps(fresh))
+    pd.testing.assert_frame_equal(back.data, expected)
+    assert dataclasses.replace(build_model("y ~ x + (1 | g)", df), n_dropped=0).data.shape == (24, 3)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        m.nope
+
+
+def test_deferred_data_spec_predicts_after_the_users_frame_changed(df):
+    m = build_model("y ~ x + (x | g)", df)
+    new = df.iloc[:3].copy()
+    expected = np.column_stack([np.ones(3), new["x"]])
+    df["x"] = "text"  # the fitted spec is made from the snapshot, not from this
+    np.testing.assert_array_equal(m.fixed_matrix(new), expected)
+    np.testing.assert_array_equal(m.reterms[0].new_Z(new), expected)

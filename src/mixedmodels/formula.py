@@ -547,6 +547,19 @@ class ModelStructure:
     def p(self) -> int:
         return self.X.shape[1]
 
+    def __getattr__(self, name: str) -> Any:
+        # Reached only for an attribute not set: ``data`` while build_model has deferred it
+        # (building a DataFrame costs more than the rest of a small model, and few read it).
+        if name == "data":
+            state = self.__dict__
+            deferred = state.get("_deferred_data")
+            if deferred is not None:
+                state["data"] = deferred.get()
+                state.pop("_deferred_data", None)
+            if "data" in state:
+                return state["data"]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     def fixed_matrix(self, newdata: pd.DataFrame) -> np.ndarray:
         """The fixed-effects matrix of new data (same coding, same kept columns).
 
@@ -607,12 +620,24 @@ def _label(value: Any) -> str:
     return str(value)
 
 
+_SMALL_FACTORIZE = 256
+
+
 def _sorted_factorize(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """``pd.factorize(col, sort=True)``, sorting only the few uniques with numpy: pandas sorts
     arrow-backed strings (pandas 3's default) through pyarrow, ~0.1 ms a column, more than
     the factorization. Python's string order is the code-point order pyarrow sorts by.
     Raises TypeError where the uniques do not sort (mixed types)."""
     dt = col.dtype
+    if isinstance(dt, pd.StringDtype) and len(col) <= _SMALL_FACTORIZE and not col.array.isna().any():
+        # A short text column (the grouping factor of a small model): a dict of its Python
+        # strings is ~2x faster than a pandas/pyarrow factorization there; slower beyond a few
+        # hundred rows. Sorted as np.argsort below sorts them (Python's string order).
+        values = col.array.tolist()
+        uniques = sorted(set(values))
+        position = {u: i for i, u in enumerate(uniques)}
+        codes = np.fromiter(map(position.__getitem__, values), dtype=np.int64, count=len(values))
+        return codes, np.array(uniques, dtype=object)
     # Series.factorize is pd.factorize of the values wrapped in an Index (a cost here); the
     # same values without it: the ndarray for numpy dtypes (float16 aside: Series.factorize
     # widens it), the extension array otherwise.
@@ -1464,18 +1489,23 @@ def build_model(formula: str, data: pd.DataFrame, *, drop_rank_deficient: bool =
             UserWarning,
             stacklevel=2,
         )
-    sub = _select(data, cols, complete, columns.series if unique else None)
-    if len(sub) == 0:
+    if unique and complete is None and _COPY_ON_WRITE:
+        # Every row used: the columns taken out are (copy-on-write) snapshots of the user's.
+        sub: pd.DataFrame | _DeferredFrame = _DeferredFrame({c: columns[c] for c in cols}, data.index)
+        n = len(data)
+    else:
+        sub = _select(data, cols, complete, columns.series if unique else None)
+        n = len(sub)
+    if n == 0:
         raise ValueError("no complete rows left after dropping rows with missing values")
     # The columns of the rows used: the user's own when every row is (read only, never written).
     used = columns if unique and complete is None else _Columns(sub)
-    n = len(sub)
 
     y = _simple_response(parsed.lhs, used, data.columns) if unique else None
     if y is not None:
         pieces, ratio = [y], None
     else:
-        y, pieces, ratio = evaluate_response(parsed.lhs, sub)
+        y, pieces, ratio = evaluate_response(parsed.lhs, _frame_of(sub))
     if not np.all(np.isfinite(y)):
         raise ValueError(f"the response {parsed.lhs!r} has {int(np.sum(~np.isfinite(y)))} infinite or "
                          "undefined values (log of 0 or of a negative number?)")
@@ -1530,14 +1560,40 @@ def build_model(formula: str, data: pd.DataFrame, *, drop_rank_deficient: bool =
 
     offset = None
     if parsed.offsets:
-        offset = evaluate_offsets(parsed.offsets, _promote(sub, _integer_columns(used, plan.offset_vars)))
-    return ModelStructure(
-        formula=formula, parsed=parsed, data=sub, y=y, lhs_terms=pieces, lhs_ratio=ratio,
+        offset = evaluate_offsets(parsed.offsets, _promote(_frame_of(sub), _integer_columns(used, plan.offset_vars)))
+    model = ModelStructure(
+        formula=formula, parsed=parsed, data=sub if isinstance(sub, pd.DataFrame) else None, y=y, lhs_terms=pieces, lhs_ratio=ratio,
         X=X, xnames=xnames, dropped_columns=dropped,
         rows=data.index[complete] if complete is not None else data.index.copy(),
         n_dropped=n_dropped, reterms=reterms, fixed_spec=fixed_spec, x_keep=keep, fixed_variables=fixed_vars,
         float_columns=tuple(c for c in float_columns if c in fixed_vars), offset=offset,
     )
+    if isinstance(sub, _DeferredFrame):
+        # Built when first read (see ModelStructure.__getattr__).
+        del model.__dict__["data"]
+        model.__dict__["_deferred_data"] = sub
+    return model
+
+
+class _DeferredFrame:
+    """``data[cols]`` with every row, built on first use from columns already taken out
+    (under copy-on-write they are snapshots: a later change to the user's frame does not
+    reach them). The frame is what :func:`_select` builds."""
+
+    def __init__(self, series: dict[Any, pd.Series], index: pd.Index):
+        self.series, self.index, self._frame = series, index, None
+
+    def get(self) -> pd.DataFrame:
+        if self._frame is None:
+            self._frame = pd.DataFrame(self.series, index=self.index, copy=False)
+        return self._frame
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+
+def _frame_of(sub: pd.DataFrame | _DeferredFrame) -> pd.DataFrame:
+    return sub.get() if isinstance(sub, _DeferredFrame) else sub
 
 
 class _PromotedFrame:
@@ -1545,12 +1601,12 @@ class _PromotedFrame:
     only when formulaic is needed: now for a term the fast path cannot build, or later for
     prediction (a picklable stand-in for the frame in a deferred spec)."""
 
-    def __init__(self, sub: pd.DataFrame, float_columns: tuple[str, ...]):
+    def __init__(self, sub: pd.DataFrame | _DeferredFrame, float_columns: tuple[str, ...]):
         self.sub, self.float_columns, self._frame = sub, float_columns, None
 
     def get(self) -> pd.DataFrame:
         if self._frame is None:
-            self._frame = _promote(self.sub, self.float_columns)
+            self._frame = _promote(_frame_of(self.sub), self.float_columns)
         return self._frame
 
     def __getstate__(self) -> dict:
