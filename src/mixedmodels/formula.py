@@ -1292,9 +1292,6 @@ class _FormulaPlan:
     term_vars: list[list[str]]
     offset_vars: list[str]
     as_factor: frozenset[str]
-    # Column labels whose dtype decides the plan: an ordered categorical among them gets
-    # polynomial contrasts (every label that occurs in the text of the terms).
-    dtype_candidates: tuple = ()
 
 
 def _formula_terms(formula: str, cols: pd.Index) -> tuple[ParsedFormula, dict[Any, str], list[str], tuple]:
@@ -1333,7 +1330,7 @@ def _formula_plan(formula: str, cols: pd.Index, ordered: tuple[str, ...], terms:
     """The whole plan of :func:`build_model` for a formula, the data's column labels, the
     labels of its ordered categorical columns (among the candidates of :func:`_formula_terms`)
     and the result of :func:`_formula_terms`."""
-    parsed, needed, offset_vars, candidates = terms
+    parsed, needed, offset_vars, _ = terms
     needed = dict(needed)
     fixed_rhs, renames = _ordered_contrasts(parsed.fixed_rhs, ordered)
     random = []
@@ -1361,8 +1358,7 @@ def _formula_plan(formula: str, cols: pd.Index, ordered: tuple[str, ...], terms:
     # Integer columns coded as factors keep their integer labels (factor(k)2, not 2.0).
     as_factor = set(_FACTOR_ARG.findall(" ".join([parsed.fixed_rhs] + [t.lhs for t in parsed.random])))
     return _FormulaPlan(parsed=parsed, renames=renames, needed=needed, fixed_vars=fixed_vars, term_vars=term_vars,
-                        offset_vars=offset_vars, as_factor=frozenset(v.strip("`") for v in as_factor),
-                        dtype_candidates=candidates)
+                        offset_vars=offset_vars, as_factor=frozenset(v.strip("`") for v in as_factor))
 
 
 class _Columns:
