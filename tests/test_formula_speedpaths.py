@@ -242,3 +242,43 @@ def test_deferred_data_spec_predicts_after_the_users_frame_changed(df):
     df["x"] = "text"  # the fitted spec is made from the snapshot, not from this
     np.testing.assert_array_equal(m.fixed_matrix(new), expected)
     np.testing.assert_array_equal(m.reterms[0].new_Z(new), expected)
+
+
+def test_model_replace_keeps_the_frame_deferred(df):
+    import dataclasses
+
+    m = build_model("y ~ x + (1 | g)", df)
+    w = np.linspace(1, 2, len(df))
+    out = m.replace(weights=w)
+    assert "_deferred_data" in out.__dict__ and "data" not in out.__dict__
+    assert out.weights is w and m.weights is None
+    expected = dataclasses.replace(build_model("y ~ x + (1 | g)", df), weights=w)
+    pd.testing.assert_frame_equal(out.data, expected.data)
+    np.testing.assert_array_equal(out.X, expected.X)
+    frame = df[["y", "g"]]
+    assert m.replace(data=frame).data is frame
+    with pytest.raises(TypeError, match="no field"):
+        m.replace(wieghts=w)
+
+
+@pytest.mark.parametrize("index", [None, [f"r{i}" for i in range(24)][::-1]])
+@pytest.mark.parametrize("drop", [False, True])
+def test_weights_and_offset_follow_the_rows_used(df, index, drop):
+    from mixedmodels.offsets import attach_offset
+    from mixedmodels.weights import attach_weights
+
+    data = df.assign(w=np.linspace(1, 3, len(df)), o=np.linspace(-1, 1, len(df)))
+    if index is not None:
+        data.index = index
+    if drop:
+        data.loc[data.index[[2, 7]], "x"] = np.nan
+    with __import__("warnings").catch_warnings():
+        __import__("warnings").simplefilter("ignore")
+        m = build_model("y ~ x + (1 | g)", data)
+    used = data.loc[m.rows]
+    arr_w, arr_o = data["w"].to_numpy() * 2, data["o"].to_numpy() * 3
+    for w, expected in [("w", used["w"]), (arr_w, 2 * used["w"])]:
+        np.testing.assert_array_equal(attach_weights(m, w, data).weights, expected.to_numpy())
+    for o, expected in [("o", used["o"]), (arr_o, 3 * used["o"])]:
+        np.testing.assert_array_equal(attach_offset(m, o, data).offset, expected.to_numpy())
+    assert not np.shares_memory(attach_weights(m, arr_w, data).weights, arr_w)

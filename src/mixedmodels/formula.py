@@ -547,6 +547,23 @@ class ModelStructure:
     def p(self) -> int:
         return self.X.shape[1]
 
+    def replace(self, **changes: Any) -> ModelStructure:
+        """``dataclasses.replace(self, **changes)``, without building a deferred ``data``.
+
+        Raises
+        ------
+        TypeError
+            For a name that is not a field.
+        """
+        unknown = set(changes) - set(self.__dataclass_fields__)
+        if unknown:
+            raise TypeError(f"ModelStructure has no field(s) {', '.join(sorted(unknown))}")
+        out = copy.copy(self)  # the instance's attributes, a deferred frame included
+        out.__dict__.update(changes)
+        if "data" in changes:
+            out.__dict__.pop("_deferred_data", None)
+        return out
+
     def __getattr__(self, name: str) -> Any:
         # Reached only for an attribute not set: ``data`` while build_model has deferred it
         # (building a DataFrame costs more than the rest of a small model, and few read it).

@@ -13,8 +13,6 @@ it on new data for ``predict``.
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pandas as pd
 
@@ -63,10 +61,12 @@ def evaluate_offsets(exprs, data: pd.DataFrame) -> np.ndarray | None:
 
 
 def _argument_values(offset, data: pd.DataFrame, rows: pd.Index, name: str = "offset") -> np.ndarray:
+    # Every row, and labels unique (a lookup by label is then one row per label): the column as it is.
+    every_row = data.index.is_unique and (rows is data.index or rows.equals(data.index))
     if isinstance(offset, str):
         if offset not in data.columns:
             raise ValueError(f"`{name}`={offset!r} is not a column of the data")
-        col = data.loc[rows, offset]
+        col = data[offset] if every_row and data.columns.is_unique else data.loc[rows, offset]
         if not pd.api.types.is_numeric_dtype(col.dtype):
             raise ValueError(f"`{name}` column {offset!r} must be numeric, got dtype {col.dtype}")
         v = col.to_numpy(dtype=float)
@@ -77,7 +77,7 @@ def _argument_values(offset, data: pd.DataFrame, rows: pd.Index, name: str = "of
             raise ValueError(f"`{name}` must be a column name or numbers, got {type(offset).__name__}") from None
         if a.shape[0] != len(data):
             raise ValueError(f"`{name}` has {a.shape[0]} values but the data has {len(data)} rows")
-        v = pd.Series(a, index=data.index).loc[rows].to_numpy()
+        v = a if every_row else pd.Series(a, index=data.index).loc[rows].to_numpy()  # only read
     if not np.all(np.isfinite(v)):
         raise ValueError(f"`{name}` has {int(np.sum(~np.isfinite(v)))} missing or infinite values "
                          "in the rows used")
@@ -107,8 +107,7 @@ def attach_offset(ms, offset, data: pd.DataFrame):
         return ms
     v = _argument_values(offset, data, ms.rows)
     base = np.zeros(ms.n) if ms.offset is None else ms.offset
-    return dataclasses.replace(ms, offset=base + v,
-                               offset_argument=offset if isinstance(offset, str) else "array")
+    return ms.replace(offset=base + v, offset_argument=offset if isinstance(offset, str) else "array")
 
 
 def new_offset(ms, newdata: pd.DataFrame | None, offset=None) -> np.ndarray:

@@ -38,10 +38,13 @@ def attach_weights(ms, weights, data: pd.DataFrame):
     """
     if weights is None:
         return ms
+    # No row dropped (and labels unique, where a lookup by label is one row per label): the
+    # column as it is.
+    every_row = data.index.is_unique and ms.rows.equals(data.index)
     if isinstance(weights, str):
         if weights not in data.columns:
             raise ValueError(f"`weights`={weights!r} is not a column of the data")
-        col = data.loc[ms.rows, weights]
+        col = data[weights] if every_row and data.columns.is_unique else data.loc[ms.rows, weights]
         if not pd.api.types.is_numeric_dtype(col.dtype):
             raise ValueError(f"`weights` column {weights!r} must be numeric, got dtype {col.dtype}")
         w = col.to_numpy(dtype=float)
@@ -52,13 +55,20 @@ def attach_weights(ms, weights, data: pd.DataFrame):
             raise ValueError(f"`weights` must be a column name or numbers, got {type(weights).__name__}") from None
         if a.shape[0] != len(data):
             raise ValueError(f"`weights` has {a.shape[0]} values but the data has {len(data)} rows")
-        w = pd.Series(a, index=data.index).loc[ms.rows].to_numpy()
+        w = _read_only_copy(a) if every_row else pd.Series(a, index=data.index).loc[ms.rows].to_numpy()
     if not np.all(np.isfinite(w)):
         raise ValueError(f"`weights` has {int(np.sum(~np.isfinite(w)))} missing or infinite values")
     if np.any(w <= 0):
         raise ValueError(f"`weights` must be positive ({int(np.sum(w <= 0))} values are zero or "
                          "negative); drop rows that should not count")
-    return dataclasses.replace(ms, weights=w)
+    return ms.replace(weights=w)
+
+
+def _read_only_copy(a: np.ndarray) -> np.ndarray:
+    """A copy of the user's array, read-only as the copy-on-write array pandas gave before."""
+    out = a.copy()
+    out.flags.writeable = False
+    return out
 
 
 def working_model(ms):
@@ -80,9 +90,9 @@ def working_model(ms):
     if off is not None:
         y = y - off
     if w is None:
-        return dataclasses.replace(ms, y=y, offset=None), 0.0
+        return ms.replace(y=y, offset=None), 0.0
     sw = np.sqrt(w)
     terms = [dataclasses.replace(t, Z=np.ascontiguousarray(t.Z * sw[:, None])) for t in ms.reterms]
-    out = dataclasses.replace(ms, y=y * sw, X=np.ascontiguousarray(ms.X * sw[:, None]), reterms=terms,
-                              offset=None, weights=None)
+    out = ms.replace(y=y * sw, X=np.ascontiguousarray(ms.X * sw[:, None]), reterms=terms, offset=None,
+                     weights=None)
     return out, float(np.sum(np.log(w)))
