@@ -260,6 +260,12 @@ def test_gradient_against_central_differences(threads, sim, formula, thetas):
             h = 1e-5
             fd = np.array([(pr(th + e) - pr(th - e)) / (2 * h) for e in np.eye(len(th)) * h])
             np.testing.assert_allclose(grad, fd, rtol=1e-5, atol=1e-5)
-        # Next to the boundary the caller takes finite differences.
-        th[0] = 1e-6
-        assert pr.value_and_gradient(th)[1] is None
+        # On the boundary the formula (no T^{-1}) still holds: one-sided differences.
+        th[0] = 0.0
+        val, grad = pr.value_and_gradient(th)
+        h = 1e-5
+        fd = np.array([(-3 * val + 4 * pr(th + e) - pr(th + 2 * e)) / (2 * h) for e in np.eye(len(th)) * h])
+        np.testing.assert_allclose(grad, fd, rtol=1e-5, atol=1e-4)
+        # ... and it equals the in-memory gradient there.
+        mem = mm.deviance_function(formula, sim, reml=pr.reml)
+        np.testing.assert_allclose(grad, mem.value_and_gradient(th)[1], rtol=1e-10, atol=1e-10)

@@ -119,3 +119,70 @@ def test_sparse_layout_with_a_vector_valued_later_term_has_no_gradient_but_fits(
     with single_thread_blas():
         a, b = optimize_theta(dense), optimize_theta(sparse)
     assert a.final_objective == pytest.approx(b.final_objective, rel=1e-9)
+
+
+# One grouping factor (one term, or several terms of one factor such as a || term): the
+# objective and gradient come from one k x k block per level (lmm.one_factor_sums) with a
+# formula that needs no T^{-1}, so it holds on the boundary too.
+BOUNDARY = [
+    ("dyestuff_reml", [0.0]),
+    ("sleepstudy_slopes", [0.8, 0.3, 0.0]),
+    ("sleepstudy_slopes", [0.0, 0.3, 0.5]),
+    ("sleepstudy_slopes", [0.0, 0.0, 0.0]),
+    ("sleepstudy_uncorrelated", [0.0, 0.4]),
+    ("sleepstudy_uncorrelated", [1.1, 0.0]),
+]
+
+
+@pytest.mark.parametrize("name,theta", BOUNDARY)
+@pytest.mark.parametrize("reml", [True, False])
+def test_one_factor_gradient_on_the_boundary(name, theta, reml):
+    ref, df = load_reference(name)
+    problem = LMMProblem(build_model(ref["formula"], df), reml=reml)
+    assert problem._one_factor
+    theta = np.array(theta, dtype=float)
+    value, grad = problem.value_and_gradient(theta)
+    assert grad is not None
+    assert value == pytest.approx(problem(theta), rel=1e-13)
+    h = 1e-6
+    for i in range(len(theta)):
+        e = np.zeros(len(theta))
+        e[i] = h
+        if theta[i] == 0.0 and problem.lower[i] == 0.0:
+            # One-sided, second order: the objective is not defined below the bound.
+            fd = (-3 * value + 4 * problem(theta + e) - problem(theta + 2 * e)) / (2 * h)
+        else:
+            fd = (problem(theta + e) - problem(theta - e)) / (2 * h)
+        assert grad[i] == pytest.approx(fd, rel=1e-5, abs=1e-4)
+
+
+@pytest.mark.parametrize("theta", [[1.0, 1.0], [0.3, 2.0], [0.0, 0.5]])
+@pytest.mark.parametrize("reml", [True, False])
+def test_one_factor_objective_equals_the_blocked_factor(theta, reml):
+    """The || model's objective from one 2 x 2 block per level equals the one the blocked
+    Cholesky factor of its two-term layout gives (the layout the estimates are read from)."""
+    ref, df = load_reference("sleepstudy_uncorrelated")
+    problem = LMMProblem(build_model(ref["formula"], df), reml=reml)
+    assert problem._one_factor and len(problem.terms) == 2
+    theta = np.array(theta, dtype=float)
+    L11, _, LRR = problem.factor(theta, need_U=False)
+    blocked = problem._components(L11, LRR)
+    merged = problem.components(theta)
+    for k in ("ldL2", "ldRX2", "pwrss", "deviance", "reml"):
+        assert getattr(merged, k) == pytest.approx(getattr(blocked, k), rel=1e-12, abs=1e-10)
+
+
+@pytest.mark.parametrize("name", ["dyestuff_reml", "sleepstudy_slopes", "sleepstudy_uncorrelated",
+                                  "penicillin_crossed", "pastes_nested"])
+def test_newton_polish_reaches_the_optimum(name):
+    """After L-BFGS-B, Newton steps with the Hessian the convergence check uses: the gradient
+    at the reported optimum is ~0 (not just what L-BFGS-B's stopping rule leaves)."""
+    from mixedmodels.lmm import optimize_theta
+
+    ref, df = load_reference(name)
+    problem = LMMProblem(build_model(ref["formula"], df), reml=ref["reml"])
+    with single_thread_blas():
+        opt = optimize_theta(problem)
+    assert opt.converged and "Newton-polished" in opt.optimizer
+    _, grad = problem.value_and_gradient(opt.final)
+    assert np.max(np.abs(grad)) < 1e-5

@@ -60,7 +60,8 @@ from .formula import (ModelStructure, ReTerm, _drop_dependent_columns, _label, _
                       _formula_variables, build_model, evaluate_response, new_model_matrix,
                       parse_formula, resolve_spec)
 from .lmm import (EXACT_FIT_FLOOR, LinearMixedModel, LMMProblem, _cholesky_exact_fit,
-                  first_term_cholesky, first_term_U, optimize_theta)
+                  first_term_cholesky, first_term_U, one_factor_gradient, one_factor_sums,
+                  optimize_theta)
 from .offsets import new_offset
 from .results import ConvergenceWarning, OptSummary
 from .covariance import CovarianceLayout
@@ -70,10 +71,6 @@ __all__ = ["lmer_dask", "DaskLMMProblem", "DaskLinearMixedModel", "dask_lmm_prob
 SUPPORTED = ("lmer on a Dask frame supports one grouping factor with any number of "
              "random-effect columns, such as (1 | g), (x | g), (x || g) or "
              "(1 | g) + (0 + x | g)")
-
-#: Below this, a diagonal element of ``T`` gets finite differences instead of the analytic
-#: gradient (which needs ``T^{-1}``), as in memory.
-GRADIENT_MIN_DIAG = 1e-4
 
 #: Rows of the frame read on the driver to learn the formula's coding (column types, names).
 SAMPLE_ROWS = 500
@@ -198,26 +195,18 @@ def _restrict(part: _Part, cols: np.ndarray) -> _Part:
 
 
 def _evaluate(part: _Part, T: np.ndarray, gradient: bool = False):
-    """A partition's sums at ``T``: ``sum_g log det(L_g L_g')`` and ``sum_g U_g' U_g``; with
-    ``gradient``, also ``sum_g L_g^{-T} L_g^{-1}`` and ``sum_g vec(V_g) vec(V_g)'`` for
-    ``V_g = L_g^{-T} U_g`` (``k x (p + 1)``), from which the driver forms the gradient."""
+    """A partition's sums at ``T`` (:func:`mixedmodels.lmm.one_factor_sums`, the in-memory
+    objective's kernel): ``sum_g log det M_g`` and ``sum_g U_g' U_g``; with ``gradient``, also
+    the two sums :func:`mixedmodels.lmm.one_factor_gradient` forms the gradient from."""
     if part.A11 is None:
         return None
     t0 = time.perf_counter()
     try:
         with single_thread_blas():
-            _, L11 = first_term_cholesky(T, part.A11)
-            U = first_term_U(L11, T, part.A1R)
+            sums = one_factor_sums(T, part.A11, part.A1R, gradient=gradient)
     except np.linalg.LinAlgError as exc:
         return ("error", str(exc))
-    U2 = U.reshape(-1, U.shape[2])
-    ld = 2.0 * np.sum(np.log(np.diagonal(L11, axis1=1, axis2=2)))
-    out = ["ok", float(ld), U2.T @ U2, 0.0]
-    if gradient:
-        Linv = np.linalg.inv(L11)
-        Lt = np.transpose(Linv, (0, 2, 1))
-        V = (Lt @ U).reshape(len(U), -1)
-        out += [np.sum(Lt @ Linv, axis=0), V.T @ V]
+    out = ["ok", sums[0], sums[1], 0.0, *sums[2:]]
     out[3] = time.perf_counter() - t0
     return tuple(out)
 
@@ -388,30 +377,21 @@ class DaskLMMProblem(LMMProblem):
     def value_and_gradient(self, theta: np.ndarray) -> tuple[float, np.ndarray | None]:
         """The objective and its analytic gradient at theta, in one round trip.
 
-        The in-memory formula (``LMMProblem.value_and_gradient``: the log-determinants'
-        derivative from the diagonal blocks of the inverse, the penalized residual sum of
-        squares' by the envelope theorem) with one grouping factor: per term ``t`` (columns
-        ``c_t`` of the group's block), ``2 tr((l I - S_t) T_t^{-1} dT_t) - 2 (n - p [REML]) /
-        pwrss tr(T_t^{-1} dT_t sum_g u_gt u_gt')``, where ``S = sum_g L_g^{-T} L_g^{-1}``
-        (plus, for REML, ``sum_g W_g G W_g'`` with ``W_g = L_g^{-T} U_g`` on the X columns and
-        ``G = (R_X' R_X)^{-1}``) and ``u_g = L_g^{-T} (U_g y-column - U_g X-columns beta)``.
-        Both are read off the partitions' sums of ``vec(V_g) vec(V_g)'``.
+        The in-memory formula for one grouping factor
+        (:func:`mixedmodels.lmm.one_factor_gradient`, from the partitions' sums of
+        :func:`mixedmodels.lmm.one_factor_sums`): no ``T^{-1}``, so exact on the boundary too.
 
         Returns
         -------
         value : float
             As :meth:`__call__` (one evaluation); +inf where undefined.
         gradient : ndarray (ntheta,) or None
-            None next to the boundary (a diagonal of ``T`` below ``1e-4``, where ``T^{-1}``
-            does not exist) or where the objective is undefined: the caller uses finite
-            differences there.
+            None where the objective is undefined.
         """
         theta = np.asarray(theta, dtype=float)
-        if np.any(self.layout.diagonal & (np.abs(theta) < GRADIENT_MIN_DIAG)):
-            return self(theta), None
         self.evaluations += 1
         try:
-            ld, LRR, S, C = self._factor(theta, gradient=True)
+            ld, LRR, SK, D = self._factor(theta, gradient=True)
             c = self.components_from(ld, LRR)
             val = c.reml if self.reml else c.deviance
         except np.linalg.LinAlgError:
@@ -422,31 +402,11 @@ class DaskLMMProblem(LMMProblem):
             self.history.append((theta.copy(), val))
         if not np.isfinite(val):
             return val, None
-        p, K = self.p, self.k1
-        r = p + 1
-        C4 = C.reshape(K, r, K, r)
-        if self.reml:
-            G, info = sla.lapack.dpotri(LRR[:p, :p], lower=1)
-            if info != 0:
-                return val, None
-            G = G + np.tril(G, -1).T
-            S = S + np.einsum("irjs,rs->ij", C4[:, :p, :, :p], G)
-        beta = sla.solve_triangular(LRR[:p, :p], LRR[p, :p], lower=True, trans="T")
-        e = np.r_[-beta, 1.0]
-        UU = np.einsum("irjs,r,s->ij", C4, e, e)
-        coef = (self.n - p if self.reml else self.n) / c.pwrss
-        grad = np.empty(self.ntheta)
-        col = 0
-        for ti, (t, T) in enumerate(zip(self.terms, self.split_theta(theta))):
-            blk = slice(col, col + t.k)
-            Kt = sla.solve_triangular(T, np.eye(t.k), lower=True)
-            Mt = 2.0 * ((t.nlevels * np.eye(t.k) - S[blk, blk]) @ Kt) \
-                - 2.0 * coef * (UU[blk, blk] @ Kt)
-            where = self.layout.term_slice(ti)
-            ents = self.layout.entries[where]
-            grad[where] = Mt[[e.col for e in ents], [e.row for e in ents]]
-            col += t.k
-        return val, grad
+        gT = one_factor_gradient(SK, D, LRR, self.n, c.pwrss, self.reml)
+        if gT is None:
+            return val, None
+        rows, cols = self.layout.stacked_index()
+        return val, gT[rows, cols]
 
     def components(self, theta: np.ndarray):
         """The named pieces of the objective at theta (as the in-memory problem's)."""

@@ -192,6 +192,7 @@ def check_convergence(
     boundary_tol: float = 1e-4,
     f0: float | None = None,
     gradient: Callable[[np.ndarray], np.ndarray | None] | None = None,
+    derivatives: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[bool, str, float]:
     """Check an optimum with a finite-difference gradient and Hessian (lme4's ``checkConv``).
 
@@ -216,6 +217,10 @@ def check_convergence(
         does not apply. Where it applies at ``x`` and no parameter is on its bound, the check
         uses it, and the Hessian from its forward differences (``m`` gradients instead of
         ``m (m + 3) / 2`` objective values); otherwise finite differences of ``fun``.
+    derivatives : (ndarray (m,), ndarray (m, m)), optional
+        The exact gradient at ``x`` and a Hessian the caller already has (from forward
+        differences of the exact gradient near ``x``); used in place of ``gradient`` when no
+        parameter is on its bound.
 
     Returns
     -------
@@ -230,6 +235,9 @@ def check_convergence(
     h = 1e-4 * np.maximum(1.0, np.abs(x))
     f0 = fun(x) if f0 is None else float(f0)
     at_bound = np.isfinite(lower) & (x - lower < boundary_tol)
+    if derivatives is not None and not at_bound.any():
+        return _scaled_gradient_verdict(fun, x, lower, f0, np.arange(m), np.asarray(derivatives[0], dtype=float),
+                                        np.asarray(derivatives[1], dtype=float), tol)
     if gradient is not None and not at_bound.any():
         exact = _exact_gradient_and_hessian(gradient, x, h)
         if exact is not None:
@@ -282,10 +290,11 @@ def check_convergence(
     return _scaled_gradient_verdict(fun, x, lower, f0, idx, grad[idx], H, tol)
 
 
-def _exact_gradient_and_hessian(gradient, x: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """The gradient at ``x`` and the Hessian from its forward differences (symmetrized); None
-    where the gradient does not apply at one of the points."""
-    g0 = gradient(x)
+def _exact_gradient_and_hessian(gradient, x: np.ndarray, h: np.ndarray,
+                                g0: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+    """The gradient at ``x`` (``g0`` when the caller has it) and the Hessian from its forward
+    differences (symmetrized); None where the gradient does not apply at one of the points."""
+    g0 = gradient(x) if g0 is None else np.asarray(g0, dtype=float)
     if g0 is None or not np.all(np.isfinite(g0)):
         return None
     m = len(x)
