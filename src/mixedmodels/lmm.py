@@ -450,6 +450,10 @@ class LMMProblem:
             self._segments.append((start, start + t.q, t.k))
             start += t.q
         self._all_scalar_rest = all(t.k == 1 for t in rest)
+        # Crossed or nested random intercepts in the dense layout: the gradient by vectors.
+        self._scalar_dense = self.k1 == 1 and self._all_scalar_rest and not self.sparse and bool(rest)
+        self._seg_starts = np.array([s0 for s0, _, _ in self._segments], dtype=int)
+        self._nlevels = np.array([t.nlevels for t in self.terms], dtype=float)
         # value_and_gradient's formula covers the dense layout, and the sparse one with scalar
         # terms (InstEval's shape); elsewhere finite differences or COBYQA.
         self.has_gradient = self.analytic_gradient and (
@@ -745,7 +749,7 @@ class LMMProblem:
         self.evaluations += 1
         try:
             # The sparse layout's U is not needed: u comes from A1R directly (_gradient).
-            L11, U, LRR = self.factor(theta, need_U=not self.sparse)
+            _, L11, U, LRR = self._factor(Ts, need_U=not self.sparse)
             c = self._components(L11, LRR)
             val = c.reml if self.reml else c.deviance
         except np.linalg.LinAlgError:
@@ -756,6 +760,8 @@ class LMMProblem:
             self.history.append((theta.copy(), val))
         if not np.isfinite(val):
             return val, None
+        if self._scalar_dense:
+            return val, self._gradient_scalar(theta, L11, U, LRR, c.pwrss)
         grad = self._gradient(Ts, L11, U, LRR, c.pwrss)
         return val, grad
 
@@ -796,6 +802,39 @@ class LMMProblem:
         if info != 0:
             LRR = _cholesky_exact_fit(LRR, info, self.ARR[-1, -1])
         return LRR
+
+    def _gradient_scalar(self, theta, L11, U, LRR, pwrss) -> np.ndarray | None:
+        """:meth:`_gradient` for the dense layout with scalar terms only (crossed or nested
+        random intercepts): every block is 1 x 1, so the per-term sums are segment sums of
+        vectors."""
+        q, p, l1 = self.qrest, self.p, self.l1
+        m = q + (p if self.reml else 0)
+        d1 = L11[:, 0, 0]
+        S1 = float(np.sum(1.0 / (d1 * d1)))
+        U2 = U[:, 0, :]
+        G = None
+        if m:
+            G, info = sla.lapack.dpotri(LRR[:m, :m], lower=1)
+            if info != 0:
+                return None
+            # potri leaves the upper triangle as LRR had it: zero (potrf's clean output).
+            G = G + G.T - np.diag(np.diag(G))
+            W = U2[:, :m] / d1[:, None]
+            S1 += float(np.sum((W @ G) * W))
+        v, info = sla.lapack.dtrtrs(LRR[:-1, :-1], LRR[-1, :-1], lower=1, trans=1) if self.r > 1 \
+            else (np.zeros(0), 0)
+        if info != 0:
+            return None
+        u1 = (U2[:, -1] - U2[:, :-1] @ v) / d1
+        coef = (self.n - p if self.reml else self.n) / pwrss
+        S = np.empty(len(self.terms))
+        uu = np.empty(len(self.terms))
+        S[0], uu[0] = S1, float(u1 @ u1)
+        if q:
+            S[1:] = np.add.reduceat(np.diag(G)[:q], self._seg_starts)
+            uu[1:] = np.add.reduceat(v[:q] * v[:q], self._seg_starts)
+        # Term order is theta's order (one entry per scalar term).
+        return (2.0 * (self._nlevels - S) - 2.0 * coef * uu) / theta
 
     def _gradient(self, Ts, L11, U, LRR, pwrss) -> np.ndarray | None:
         q, p, k1, l1 = self.qrest, self.p, self.k1, self.l1
