@@ -51,7 +51,9 @@ def test_optimizer_metadata(sleep_fit):
     _, _, fit = sleep_fit
     opt = fit.optsum
     assert opt.evaluations == len(opt.history) > 5
-    np.testing.assert_allclose(opt.initial, [1.0, 0.0, 1.0])
+    # One grouping factor: the method-of-moments start, close to the optimum.
+    np.testing.assert_allclose(opt.initial, lmm._moment_start(fit.problem))
+    np.testing.assert_allclose(opt.initial, fit.theta, rtol=0.1, atol=0.02)
     np.testing.assert_allclose(opt.final, fit.theta)
     assert opt.final_objective <= opt.initial_objective
     assert opt.converged and "converged" in opt.convergence_message
@@ -109,3 +111,26 @@ def test_both_optimizers_reach_lme4s_optimum(name):
         np.testing.assert_allclose(opt.final_objective, ref["reml_criterion"], rtol=1e-8)
         np.testing.assert_allclose(opt.final, ref["theta"], rtol=1e-4)
         assert opt.converged
+
+
+def test_lme4_start_reaches_the_same_optimum(sleep_fit):
+    """From lme4's start (1s on the diagonal) the optimizer lands where the moment start
+    took it."""
+    ref, df, fit = sleep_fit
+    other = lmm.lmer(ref["formula"], df, reml=ref["reml"], start=[1.0, 0.0, 1.0])
+    np.testing.assert_allclose(other.optsum.initial, [1.0, 0.0, 1.0])
+    np.testing.assert_allclose(other.theta, fit.theta, rtol=1e-7, atol=1e-8)
+    assert other.optsum.evaluations > fit.optsum.evaluations
+
+
+def test_moment_start_falls_back_without_within_group_information():
+    """A random slope on a covariate that is constant within each group: no group's Z_g'Z_g
+    is invertible, so there is no moment estimate and the fit starts where lme4 does."""
+    rng = np.random.default_rng(3)
+    g = np.repeat(np.arange(30), 4)
+    df = pd.DataFrame({"g": g.astype(str), "x": rng.normal(size=30)[g]})
+    df["y"] = 1 + df.x + rng.normal(size=30)[g] + rng.normal(size=len(g))
+    problem = lmm.deviance_function("y ~ x + (x | g)", df)
+    assert lmm._moment_start(problem) is None
+    opt = lmm.optimize_theta(problem)
+    np.testing.assert_allclose(opt.initial, [1.0, 0.0, 1.0])
