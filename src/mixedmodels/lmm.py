@@ -259,31 +259,31 @@ def one_factor_sums(T1: np.ndarray, A11: np.ndarray, A1R: np.ndarray, gradient: 
         # P_g K_g: (1 - a t K) K
         D = (B * ((1.0 - AK * t) * Kv)[:, None]).T @ B
         return ldL, UtU, np.array([[AK.sum()]]), D
-    M = T1.T @ A11 @ T1
-    M[:, np.arange(k), np.arange(k)] += 1.0
+    AT = A11 @ T1
+    M = T1.T @ AT
+    M += np.eye(k)
     if k == 2:
         det = M[:, 0, 0] * M[:, 1, 1] - M[:, 0, 1] * M[:, 1, 0]
+        if not (det > 0).all():
+            raise np.linalg.LinAlgError("a 2 x 2 block is not positive definite")
         Minv = np.empty_like(M)
         Minv[:, 0, 0] = M[:, 1, 1]
         Minv[:, 1, 1] = M[:, 0, 0]
         Minv[:, 0, 1] = Minv[:, 1, 0] = -M[:, 0, 1]
         Minv /= det[:, None, None]
-        if not np.all(det > 0):
-            raise np.linalg.LinAlgError("a 2 x 2 block is not positive definite")
-        ldL = float(np.sum(np.log(det)))
+        ldL = float(np.log(det).sum())
     else:
         sign, logdet = np.linalg.slogdet(M)
-        if not np.all(sign > 0):
+        if not (sign > 0).all():
             raise np.linalg.LinAlgError("a block is not positive definite")
-        ldL = float(np.sum(logdet))
+        ldL = float(logdet.sum())
         Minv = np.linalg.inv(M)
-    K = T1 @ Minv
-    KA = np.swapaxes(K, 1, 2) @ A1R                       # (l, k, r): M^{-1} T' A1R
-    TA = T1.T @ A1R
+    TA = T1.T @ A1R                                       # (l, k, r)
+    KA = Minv @ TA                                        # K' A1R = M^{-1} T' A1R
     UtU = TA.reshape(l * k, r).T @ KA.reshape(l * k, r)
     if not gradient:
         return ldL, UtU
-    AK = A11 @ K
+    AK = AT @ Minv                                        # A11 K
     PA = A1R - AK @ TA                                    # (I - A11 T M^{-1} T') A1R
     D = PA.reshape(l, k * r).T @ KA.reshape(l, k * r)
     return ldL, UtU, AK.sum(axis=0), D
@@ -325,16 +325,20 @@ def one_factor_gradient(SK: np.ndarray, D: np.ndarray, LRR: np.ndarray, n: int, 
             return None
     else:
         beta = np.zeros(0)
-    e = np.append(-beta, 1.0)
+    e = np.empty(r)
+    e[:p] = -beta
+    e[p] = 1.0
     # Both contractions of D in one: with e e' (the residual term) and, for REML, with
     # (R_X' R_X)^{-1} on the X columns.
-    W = ((n - p if reml else n) / pwrss) * np.outer(e, e)
+    W = ((n - p if reml else n) / pwrss) * e[:, None] * e[None, :]
     if reml and p:
         H, info = sla.lapack.dpotri(LRR[:p, :p], lower=1)
         if info != 0:
             return None
         # potri leaves the upper triangle as it found it: zero (LRR is potrf's clean output).
-        W[:p, :p] += H + H.T - np.diag(np.diag(H))
+        H += H.T
+        H.flat[::p + 1] *= 0.5
+        W[:p, :p] += H
     DW = D.reshape(k, r, k, r).transpose(0, 2, 1, 3).reshape(k * k, r * r) @ W.ravel()
     return 2.0 * SK - 2.0 * DW.reshape(k, k)
 
@@ -1192,11 +1196,14 @@ def optimize_theta(problem: LMMProblem, start: np.ndarray | None = None, method:
     t0 = time.perf_counter()
     bounded = np.isfinite(problem.lower)
 
-    def run(start_at: np.ndarray):
+    def run(start_at: np.ndarray, tight: bool = not has_gradient):
         if method == "L-BFGS-B":
             bounds = [(lo if np.isfinite(lo) else None, None) for lo in problem.lower]
+            # With the exact gradient, Newton steps finish the job (_newton_polish): stop
+            # L-BFGS-B once in the optimum's neighbourhood. Otherwise it has to get there alone.
+            tol = {"ftol": 1e-12, "gtol": 1e-6} if tight else {"ftol": 1e-9, "gtol": 1e-2}
             return optimize.minimize(_analytic_gradient(problem), start_at, jac=True, method="L-BFGS-B",
-                                     bounds=bounds, options={"ftol": 1e-10, "gtol": 1e-3, "maxiter": 2000})
+                                     bounds=bounds, options={**tol, "maxiter": 2000})
         return optimize.minimize(problem, start_at, method="COBYQA", bounds=optimize.Bounds(problem.lower, np.inf),
                                  options={"final_tr_radius": 1e-6, "initial_tr_radius": radius, "maxfev": 2000})
 
@@ -1243,6 +1250,14 @@ def optimize_theta(problem: LMMProblem, start: np.ndarray | None = None, method:
         x, fx, derivatives = _newton_polish(problem, x, fx, g0=g0)
         if derivatives is not None:
             label += "; Newton-polished"
+    if derivatives is None and method == "L-BFGS-B" and has_gradient:
+        # No polish (an optimum on the bound, or no positive definite Hessian): finish with
+        # L-BFGS-B's tight tolerances from where it stopped.
+        res = run(x, tight=True)
+        xt = np.asarray(res.x, dtype=float)
+        ft = _value_at(problem, res)
+        if ft <= fx:
+            x, fx = xt, ft
     evals = problem.evaluations
     problem.record_history = False
     seconds = time.perf_counter() - t0
