@@ -67,8 +67,8 @@ def test_gradient_vanishes_at_the_optimum():
     from mixedmodels.lmm import optimize_theta
     opt = optimize_theta(problem)
     _, grad = problem.value_and_gradient(opt.final)
-    assert np.max(np.abs(grad)) < 1e-3
-    assert "analytic gradient" in opt.optimizer
+    assert np.max(np.abs(grad)) < 1e-6
+    assert "exact gradient" in opt.optimizer  # Newton from the moment start
 
 
 def test_wide_crossed_fit_starts_from_one_term_fits():
@@ -183,6 +183,6 @@ def test_newton_polish_reaches_the_optimum(name):
     problem = LMMProblem(build_model(ref["formula"], df), reml=ref["reml"])
     with single_thread_blas():
         opt = optimize_theta(problem)
-    assert opt.converged and "Newton-polished" in opt.optimizer
+    assert opt.converged and ("Newton-polished" in opt.optimizer or opt.optimizer.startswith("Newton"))
     _, grad = problem.value_and_gradient(opt.final)
     assert np.max(np.abs(grad)) < 1e-5

@@ -1099,18 +1099,29 @@ def _single_term_start(problem: LMMProblem) -> np.ndarray | None:
     return start if np.all(np.isfinite(start)) and np.all(start >= problem.lower) else None
 
 
+class _Derivatives(tuple):
+    """``(gradient, Hessian)`` at an optimum, and whether Newton's steps settled there."""
+
+    def __new__(cls, g: np.ndarray, H: np.ndarray, settled: bool):
+        out = super().__new__(cls, (g, H))
+        out.settled = settled
+        return out
+
+
 def _newton_polish(problem: LMMProblem, x: np.ndarray, fx: float, g0: np.ndarray | None = None,
-                   steps: int = 3):
+                   steps: int = 6, H: np.ndarray | None = None, rate: float = 1e-4):
     """Newton steps from a quasi-Newton optimum, with the Hessian by forward differences of
-    the exact gradient (taken once: each step then costs one evaluation).
+    the exact gradient (taken once and then updated by BFGS from the steps: each step costs
+    one evaluation).
 
     L-BFGS-B stops when the criterion's relative change falls below its ``ftol``; on a
     criterion this flat that leaves theta ~1e-6 relative from the optimum, wherever the
     path happened to approach it from (a Dask fit and an in-memory one of the same data add
     their sums in different orders and stop at different points). A Newton step from there
     gains about four digits per step (the Hessian's relative error, ~1e-4), so two reach the
-    optimum to ~1e-10. A step that raises the criterion beyond rounding, or does not lower
-    the gradient, is not taken.
+    optimum to ~1e-10 (each step is about ``rate`` times the one before: the Hessian's
+    relative error; after the first step the observed ratio). A step that raises the
+    criterion beyond rounding, or does not lower the gradient, is not taken.
 
     Returns
     -------
@@ -1120,20 +1131,29 @@ def _newton_polish(problem: LMMProblem, x: np.ndarray, fx: float, g0: np.ndarray
     """
     from .results import _exact_gradient_and_hessian
 
-    h = 1e-4 * np.maximum(1.0, np.abs(x))
-    exact = _exact_gradient_and_hessian(lambda z: problem.value_and_gradient(z)[1], x, h, g0=g0)
-    if exact is None:
-        return x, fx, None
-    g, H = exact
+    if H is None:
+        h = 1e-4 * np.maximum(1.0, np.abs(x))
+        exact = _exact_gradient_and_hessian(lambda z: problem.value_and_gradient(z)[1], x, h, g0=g0)
+        if exact is None:
+            return x, fx, None
+        g, H = exact
+    else:
+        g = np.asarray(g0, dtype=float)
     try:
         c = np.linalg.cholesky(H)
     except np.linalg.LinAlgError:
-        return x, fx, (g, H)
+        return x, fx, _Derivatives(g, H, False)
+    prev = None
+    settled = False
     for _ in range(steps):
         d = -sla.cho_solve((c, True), g)
         size = float(np.max(np.abs(d) / np.maximum(1.0, np.abs(x))))
         if not size > 1e-10:
+            settled = True
             break
+        if prev is not None:
+            rate = min(max(size / prev, 1e-6), 1.0)  # the observed contraction
+        prev = size
         xn = x + d
         if np.any(xn < problem.lower):
             break
@@ -1144,10 +1164,76 @@ def _newton_polish(problem: LMMProblem, x: np.ndarray, fx: float, g0: np.ndarray
         if gn is None or not (fn <= fx + 1e-12 * (1.0 + abs(fx))
                               and np.max(np.abs(gn)) < np.max(np.abs(g))):
             break
+        # BFGS update of the model with the step just taken: the steps then contract
+        # superlinearly instead of at the Hessian's (fixed) relative error.
+        sd, yd = xn - x, gn - g
+        sy = float(sd @ yd)
         x, fx, g = xn, float(fn), gn
-        if size < 1e-6:
-            break  # the next step would be ~1e-4 of this one: below 1e-10
-    return x, fx, (g, H)
+        if size * rate < 1e-10:
+            settled = True
+            break  # the next step would be below 1e-10
+        if sy > 0:
+            Hs = H @ sd
+            Hn = H - np.outer(Hs, Hs) / float(sd @ Hs) + np.outer(yd, yd) / sy
+            try:
+                c = np.linalg.cholesky(Hn)
+                H = Hn
+            except np.linalg.LinAlgError:
+                pass
+    return x, fx, _Derivatives(g, H, settled)
+
+
+def _newton_from_start(problem: LMMProblem, x: np.ndarray):
+    """Newton's method from a start near the optimum (the method-of-moments start), with the
+    Hessian by forward differences of the exact gradient, refreshed while steps are large
+    and then kept (:func:`_newton_polish`'s chord steps).
+
+    From within ~10% of the optimum Newton's method needs two or three Hessians and as
+    many steps, about two thirds of L-BFGS-B's evaluations and none of its bookkeeping. It
+    gives up -- and the caller runs L-BFGS-B from the best point it reached -- at the first
+    sign that the start is not in Newton's region: a Hessian that is not positive definite,
+    a step that would cross a bound (the optimum may be on it) or move a parameter by more
+    than half its size, or a step that does not lower the criterion.
+
+    Returns
+    -------
+    (x, fx, (gradient, Hessian)) on convergence, else (best x, its value, None).
+    """
+    from .results import _exact_gradient_and_hessian
+
+    fx, g = problem.value_and_gradient(x)
+    if g is None or not np.isfinite(fx):
+        return x, fx, None
+    for _ in range(4):
+        h = 1e-4 * np.maximum(1.0, np.abs(x))
+        exact = _exact_gradient_and_hessian(lambda z: problem.value_and_gradient(z)[1], x, h, g0=g)
+        if exact is None:
+            return x, fx, None
+        H = exact[1]
+        try:
+            c = np.linalg.cholesky(H)
+        except np.linalg.LinAlgError:
+            return x, fx, None
+        d = -sla.cho_solve((c, True), g)
+        size = float(np.max(np.abs(d) / np.maximum(1.0, np.abs(x))))
+        xn = x + d
+        # A variance parameter more than halved is heading for its bound, where the
+        # criterion is flat to first order and Newton's model is poor: L-BFGS-B and the
+        # boundary rule take over.
+        bounded = np.isfinite(problem.lower)
+        if size > 0.5 or np.any(bounded & (xn - problem.lower < 0.7 * (x - problem.lower))):
+            return x, fx, None
+        fn, gn = problem.value_and_gradient(xn)
+        if gn is None or not fn <= fx + 1e-12 * (1.0 + abs(fx)):
+            return x, fx, None
+        x, fx, g = xn, float(fn), gn
+        if size < 2e-2:
+            # Close enough for the chord steps of the polish: this Hessian, kept, is off by
+            # about the relative distance just moved.
+            x, fx, derivatives = _newton_polish(problem, x, fx, g0=g, H=H, rate=max(size, 1e-4))
+            # Settled only if the chord steps converged (they stop early otherwise).
+            return x, fx, derivatives if derivatives is not None and derivatives.settled else None
+    return x, fx, None
 
 
 def optimize_theta(problem: LMMProblem, start: np.ndarray | None = None, method: str | None = None) -> OptSummary:
@@ -1185,8 +1271,10 @@ def optimize_theta(problem: LMMProblem, start: np.ndarray | None = None, method:
         start = _single_term_start(problem)
         if start is not None:
             radius = 0.1 * max(1.0, float(np.max(np.abs(start))))
+    moment = False
     if start is None and type(problem) is LMMProblem and problem._one_factor:
         start = _moment_start(problem)
+        moment = start is not None
     theta0 = problem.theta0 if start is None else np.asarray(start, dtype=float)
     if method not in ("L-BFGS-B", "COBYQA"):
         raise ValueError(f"method must be 'L-BFGS-B' or 'COBYQA', got {method!r}")
@@ -1209,14 +1297,24 @@ def optimize_theta(problem: LMMProblem, start: np.ndarray | None = None, method:
 
     label = (f"L-BFGS-B (scipy), {'analytic' if has_gradient else 'forward-difference'} gradient" if method == "L-BFGS-B"
              else "COBYQA (scipy), derivative-free")
-    res = run(theta0)
+    derivatives = None
+    x = theta0
+    if moment and method == "L-BFGS-B" and has_gradient:
+        # Started near the optimum: Newton's method, or L-BFGS-B from where it stopped.
+        x, fx, derivatives = _newton_from_start(problem, theta0)
+    if derivatives is not None:
+        label = ("Newton, Hessian by differences of the exact gradient, from a method-of-moments "
+                 "start")
+        res = optimize.OptimizeResult(x=x, fun=fx, message="Newton steps converged")
+    else:
+        res = run(theta0 if not moment else x)
     # The optimizers start by evaluating theta0; its value is in the history.
     f0 = next((v for th, v in problem.history if np.array_equal(th, theta0)), None)
     if f0 is None:
         f0 = problem(theta0)
     x = np.asarray(res.x, dtype=float)
     fx = _value_at(problem, res)
-    for restart in range(5):
+    for restart in range(5 if derivatives is None else 0):
         # Snap tiny diagonal values onto the boundary: the objective is flat there to first order.
         near = bounded & (x < 1e-5) & (x != 0)
         if near.any():
@@ -1243,8 +1341,7 @@ def optimize_theta(problem: LMMProblem, start: np.ndarray | None = None, method:
     # Hessian cost m gradients instead of m (m + 3) / 2 objective values, and the same
     # Hessian polishes the optimum by Newton steps first.
     gradient = (lambda z: problem.value_and_gradient(z)[1]) if has_gradient else None
-    derivatives = None
-    if has_gradient and not np.any(bounded & (x - problem.lower < 1e-4)):
+    if derivatives is None and has_gradient and not np.any(bounded & (x - problem.lower < 1e-4)):
         # L-BFGS-B's gradient at its answer, unless the boundary rule moved it.
         g0 = getattr(res, "jac", None) if np.array_equal(x, res.x) and np.isfinite(fx) else None
         x, fx, derivatives = _newton_polish(problem, x, fx, g0=g0)
