@@ -1079,6 +1079,53 @@ def _moment_start(problem: LMMProblem) -> np.ndarray | None:
     return theta if np.all(np.isfinite(theta)) else None
 
 
+def _backfit_start(problem: LMMProblem) -> np.ndarray | None:
+    """A starting theta for crossed or nested random intercepts (scalar terms), by moments.
+
+    Each term's level effects are fitted as fixed effects to the residuals of the fixed
+    effects' least-squares fit, one term at a time on what the coarser ones leave (the
+    classical decomposition: exact for balanced crossed or nested designs, where a nested
+    factor's levels would otherwise absorb its parent's effects); the residual variance of
+    that fit estimates ``sigma^2`` and each term's between-level variance, less the mean
+    sampling variance ``sigma^2 / sum_i z_i^2`` of its level estimates, its variance. Theta
+    is the ratio's square root, kept within [0.1, 100] so the start is never next to the
+    boundary.
+
+    Returns
+    -------
+    ndarray or None
+        None without residual degrees of freedom or where anything is not finite.
+    """
+    m = problem.model
+    X, y = m.X, np.asarray(m.y, dtype=float)
+    n, p = X.shape
+    try:
+        XtX = X.T @ X
+        beta = np.linalg.solve(XtX, X.T @ y) if p else np.zeros(0)
+    except np.linalg.LinAlgError:
+        return None
+    r = y - X @ beta
+    fits = [np.zeros(n) for _ in problem.terms]
+    b = [np.zeros(t.nlevels) for t in problem.terms]
+    a = [np.bincount(t.codes, t.Z[:, 0] ** 2, t.nlevels) for t in problem.terms]
+    if any(np.any(ai <= 0) for ai in a):
+        return None
+    for i in sorted(range(len(problem.terms)), key=lambda j: problem.terms[j].nlevels):
+        t = problem.terms[i]
+        b[i] = np.bincount(t.codes, t.Z[:, 0] * r, t.nlevels) / a[i]
+        fits[i] = t.Z[:, 0] * b[i][t.codes]
+        r = r - fits[i]
+    dof = n - p - sum(t.nlevels - 1 for t in problem.terms)
+    if dof < 1:
+        return None
+    s2 = float(r @ r) / dof
+    if not s2 > 0:
+        return None
+    var = np.array([np.mean(bi * bi) - s2 * np.mean(1.0 / ai) for bi, ai in zip(b, a)])
+    theta = np.sqrt(np.clip(var / s2, 1e-2, 1e4))
+    return theta if np.all(np.isfinite(theta)) else None
+
+
 def _single_term_start(problem: LMMProblem) -> np.ndarray | None:
     """A starting theta for a model with several terms: each term's theta fitted with that term
     alone (and the same fixed effects).
@@ -1108,43 +1155,52 @@ class _Derivatives(tuple):
         return out
 
 
-def _newton_polish(problem: LMMProblem, x: np.ndarray, fx: float, g0: np.ndarray | None = None,
-                   steps: int = 6, H: np.ndarray | None = None, rate: float = 1e-4):
-    """Newton steps from a quasi-Newton optimum, with the Hessian by forward differences of
-    the exact gradient (taken once and then updated by BFGS from the steps: each step costs
-    one evaluation).
+def _newton_steps(problem: LMMProblem, x: np.ndarray, fx: float, g: np.ndarray | None, *,
+                  far: bool, steps: int = 20):
+    """Newton steps on the profiled criterion with the Hessian by forward differences of the
+    exact gradient (``m`` gradients, once), BFGS-updated from each step taken: each step then
+    costs one evaluation and they contract superlinearly.
 
-    L-BFGS-B stops when the criterion's relative change falls below its ``ftol``; on a
-    criterion this flat that leaves theta ~1e-6 relative from the optimum, wherever the
-    path happened to approach it from (a Dask fit and an in-memory one of the same data add
-    their sums in different orders and stop at different points). A Newton step from there
-    gains about four digits per step (the Hessian's relative error, ~1e-4), so two reach the
-    optimum to ~1e-10 (each step is about ``rate`` times the one before: the Hessian's
-    relative error; after the first step the observed ratio). A step that raises the
-    criterion beyond rounding, or does not lower the gradient, is not taken.
+    Two uses. After L-BFGS-B (``far=False``): L-BFGS-B stops when the criterion's relative
+    change falls below its ``ftol``; on a criterion this flat that leaves theta ~1e-6
+    relative from the optimum, wherever its path happened to approach it from (a Dask fit
+    and an in-memory one of the same data add their sums in different orders and stop at
+    different points); two or three steps reach the optimum to ~1e-10. From a
+    method-of-moments start (``far=True``), within ~30% of the optimum: about two thirds of
+    L-BFGS-B's evaluations and none of its bookkeeping. There the steps give up -- and the
+    caller runs L-BFGS-B from the best point reached -- at the first sign that the start is
+    not in Newton's region: a step that would move a parameter by more than half its size or
+    take a variance parameter more than 30% of the way to its bound (where the criterion is
+    flat to first order and the model is poor; L-BFGS-B and the boundary rule handle it), or
+    one that does not lower the criterion.
+
+    Within ~1e-6 of the optimum the criterion changes by little more than its rounding
+    (~1e-13 relative): a step whose predicted decrease is that small is judged by the
+    gradient it reaches, the value only has to stay within rounding.
 
     Returns
     -------
-    x, fx : the polished optimum and its value
-    derivatives : (gradient, Hessian) at the final x (the Hessian from the first point), or
-        None if the gradient or a positive definite Hessian was not available there.
+    x, fx : the best point and its value
+    derivatives : _Derivatives (gradient at x, the model Hessian, whether the steps settled)
+        or None if no gradient or no positive definite Hessian was available.
     """
     from .results import _exact_gradient_and_hessian
 
-    if H is None:
-        h = 1e-4 * np.maximum(1.0, np.abs(x))
-        exact = _exact_gradient_and_hessian(lambda z: problem.value_and_gradient(z)[1], x, h, g0=g0)
-        if exact is None:
+    if g is None:
+        fx, g = problem.value_and_gradient(x)
+        if g is None or not np.isfinite(fx):
             return x, fx, None
-        g, H = exact
-    else:
-        g = np.asarray(g0, dtype=float)
+    h = 1e-4 * np.maximum(1.0, np.abs(x))
+    exact = _exact_gradient_and_hessian(lambda z: problem.value_and_gradient(z)[1], x, h, g0=g)
+    if exact is None:
+        return x, fx, None
+    g, H = exact
     try:
         c = np.linalg.cholesky(H)
     except np.linalg.LinAlgError:
         return x, fx, _Derivatives(g, H, False)
-    prev = None
-    settled = False
+    bounded = np.isfinite(problem.lower)
+    rate, prev, settled = (1.0 if far else 1e-4), None, False
     for _ in range(steps):
         d = -sla.cho_solve((c, True), g)
         size = float(np.max(np.abs(d) / np.maximum(1.0, np.abs(x))))
@@ -1157,15 +1213,19 @@ def _newton_polish(problem: LMMProblem, x: np.ndarray, fx: float, g0: np.ndarray
         xn = x + d
         if np.any(xn < problem.lower):
             break
-        fn, gn = problem.value_and_gradient(xn)
-        # Within ~1e-10 of the optimum the criterion changes by less than its rounding
-        # (~1e-13 relative): the step is judged by the gradient it reaches, the value only
-        # has to stay within rounding.
-        if gn is None or not (fn <= fx + 1e-12 * (1.0 + abs(fx))
-                              and np.max(np.abs(gn)) < np.max(np.abs(g))):
+        if far and (size > 0.5 or np.any(bounded & (xn - problem.lower < 0.7 * (x - problem.lower)))):
             break
-        # BFGS update of the model with the step just taken: the steps then contract
-        # superlinearly instead of at the Hessian's (fixed) relative error.
+        fn, gn = problem.value_and_gradient(xn)
+        if gn is None or not np.isfinite(fn):
+            break
+        slope = float(g @ d)
+        descent = fn <= fx + 1e-4 * slope
+        # The model's predicted decrease (-slope / 2) within 100 times the criterion's
+        # rounding: judge the step by the gradient.
+        rounding = (-slope < 2e-11 * (1.0 + abs(fx)) and fn <= fx + 1e-12 * (1.0 + abs(fx))
+                    and np.max(np.abs(gn)) < np.max(np.abs(g)))
+        if not (descent or rounding):
+            break
         sd, yd = xn - x, gn - g
         sy = float(sd @ yd)
         x, fx, g = xn, float(fn), gn
@@ -1181,59 +1241,6 @@ def _newton_polish(problem: LMMProblem, x: np.ndarray, fx: float, g0: np.ndarray
             except np.linalg.LinAlgError:
                 pass
     return x, fx, _Derivatives(g, H, settled)
-
-
-def _newton_from_start(problem: LMMProblem, x: np.ndarray):
-    """Newton's method from a start near the optimum (the method-of-moments start), with the
-    Hessian by forward differences of the exact gradient, refreshed while steps are large
-    and then kept (:func:`_newton_polish`'s chord steps).
-
-    From within ~10% of the optimum Newton's method needs two or three Hessians and as
-    many steps, about two thirds of L-BFGS-B's evaluations and none of its bookkeeping. It
-    gives up -- and the caller runs L-BFGS-B from the best point it reached -- at the first
-    sign that the start is not in Newton's region: a Hessian that is not positive definite,
-    a step that would cross a bound (the optimum may be on it) or move a parameter by more
-    than half its size, or a step that does not lower the criterion.
-
-    Returns
-    -------
-    (x, fx, (gradient, Hessian)) on convergence, else (best x, its value, None).
-    """
-    from .results import _exact_gradient_and_hessian
-
-    fx, g = problem.value_and_gradient(x)
-    if g is None or not np.isfinite(fx):
-        return x, fx, None
-    for _ in range(4):
-        h = 1e-4 * np.maximum(1.0, np.abs(x))
-        exact = _exact_gradient_and_hessian(lambda z: problem.value_and_gradient(z)[1], x, h, g0=g)
-        if exact is None:
-            return x, fx, None
-        H = exact[1]
-        try:
-            c = np.linalg.cholesky(H)
-        except np.linalg.LinAlgError:
-            return x, fx, None
-        d = -sla.cho_solve((c, True), g)
-        size = float(np.max(np.abs(d) / np.maximum(1.0, np.abs(x))))
-        xn = x + d
-        # A variance parameter more than halved is heading for its bound, where the
-        # criterion is flat to first order and Newton's model is poor: L-BFGS-B and the
-        # boundary rule take over.
-        bounded = np.isfinite(problem.lower)
-        if size > 0.5 or np.any(bounded & (xn - problem.lower < 0.7 * (x - problem.lower))):
-            return x, fx, None
-        fn, gn = problem.value_and_gradient(xn)
-        if gn is None or not fn <= fx + 1e-12 * (1.0 + abs(fx)):
-            return x, fx, None
-        x, fx, g = xn, float(fn), gn
-        if size < 2e-2:
-            # Close enough for the chord steps of the polish: this Hessian, kept, is off by
-            # about the relative distance just moved.
-            x, fx, derivatives = _newton_polish(problem, x, fx, g0=g, H=H, rate=max(size, 1e-4))
-            # Settled only if the chord steps converged (they stop early otherwise).
-            return x, fx, derivatives if derivatives is not None and derivatives.settled else None
-    return x, fx, None
 
 
 def optimize_theta(problem: LMMProblem, start: np.ndarray | None = None, method: str | None = None) -> OptSummary:
@@ -1275,6 +1282,9 @@ def optimize_theta(problem: LMMProblem, start: np.ndarray | None = None, method:
     if start is None and type(problem) is LMMProblem and problem._one_factor:
         start = _moment_start(problem)
         moment = start is not None
+    elif start is None and type(problem) is LMMProblem and problem._scalar_dense and problem.r < 200:
+        start = _backfit_start(problem)
+        moment = start is not None
     theta0 = problem.theta0 if start is None else np.asarray(start, dtype=float)
     if method not in ("L-BFGS-B", "COBYQA"):
         raise ValueError(f"method must be 'L-BFGS-B' or 'COBYQA', got {method!r}")
@@ -1287,7 +1297,7 @@ def optimize_theta(problem: LMMProblem, start: np.ndarray | None = None, method:
     def run(start_at: np.ndarray, tight: bool = not has_gradient):
         if method == "L-BFGS-B":
             bounds = [(lo if np.isfinite(lo) else None, None) for lo in problem.lower]
-            # With the exact gradient, Newton steps finish the job (_newton_polish): stop
+            # With the exact gradient, Newton steps finish the job (_newton_steps): stop
             # L-BFGS-B once in the optimum's neighbourhood. Otherwise it has to get there alone.
             tol = {"ftol": 1e-12, "gtol": 1e-6} if tight else {"ftol": 1e-9, "gtol": 1e-2}
             return optimize.minimize(_analytic_gradient(problem), start_at, jac=True, method="L-BFGS-B",
@@ -1301,7 +1311,9 @@ def optimize_theta(problem: LMMProblem, start: np.ndarray | None = None, method:
     x = theta0
     if moment and method == "L-BFGS-B" and has_gradient:
         # Started near the optimum: Newton's method, or L-BFGS-B from where it stopped.
-        x, fx, derivatives = _newton_from_start(problem, theta0)
+        x, fx, derivatives = _newton_steps(problem, theta0, np.inf, None, far=True)
+        if derivatives is not None and not derivatives.settled:
+            derivatives = None
     if derivatives is not None:
         label = ("Newton, Hessian by differences of the exact gradient, from a method-of-moments "
                  "start")
@@ -1344,7 +1356,7 @@ def optimize_theta(problem: LMMProblem, start: np.ndarray | None = None, method:
     if derivatives is None and has_gradient and not np.any(bounded & (x - problem.lower < 1e-4)):
         # L-BFGS-B's gradient at its answer, unless the boundary rule moved it.
         g0 = getattr(res, "jac", None) if np.array_equal(x, res.x) and np.isfinite(fx) else None
-        x, fx, derivatives = _newton_polish(problem, x, fx, g0=g0)
+        x, fx, derivatives = _newton_steps(problem, x, fx, g0, far=False, steps=6)
         if derivatives is not None:
             label += "; Newton-polished"
     if derivatives is None and method == "L-BFGS-B" and has_gradient:
