@@ -123,6 +123,12 @@ def test_bad_nagq(small, nagq):
         mm.glmer(F, small, nagq=nagq)
 
 
+def test_bad_dask_path_on_pandas_data(small):
+    """dask_path has no effect on a pandas frame, but a misspelt one is still refused."""
+    with pytest.raises(ValueError, match="dask_path must be"):
+        mm.glmer(F, small, dask_path="pattern")
+
+
 def test_unknown_family(small):
     with pytest.raises(ValueError, match="`family` must be one of"):
         mm.glmer(F, small, family="tweedie")

@@ -125,7 +125,7 @@ def glmer(formula: str, data: pd.DataFrame, family: str | Family = "binomial",
     verbose : bool
         Dask data only: progress bars over the partitions and the objective's evaluations.
     dask_path : {"auto", "patterns", "partitions"}
-        Dask data only: fit the merged table of distinct groups in memory (``"patterns"``),
+        Dask data only (checked, and without effect, for a pandas frame): fit the merged table of distinct groups in memory (``"patterns"``),
         map the kernel over the partitions (``"partitions"``), or choose by the data
         (``"auto"``: the patterns when their table is small and compression pays; see
         :func:`mixedmodels.distributed.glmer_dask`). ``fit.distributed_path`` says which ran.
@@ -176,6 +176,9 @@ def glmer(formula: str, data: pd.DataFrame, family: str | Family = "binomial",
 
 def _glmer_any(formula, data, family, weights, nagq, start, link, offset, client, verbose,
                dask_path="auto"):
+    if dask_path not in ("auto", "patterns", "partitions"):
+        # Checked for pandas data too (where it has no effect), so a typo is not silent.
+        raise ValueError(f"dask_path must be 'auto', 'patterns' or 'partitions', got {dask_path!r}")
     if data.__class__.__module__.startswith("dask"):
         if not isinstance(nagq, str) and check_nagq(nagq) == 0:
             raise ValueError("nagq=0 (fixed effects inside PIRLS) is for in-memory data; fit a "

@@ -1000,8 +1000,8 @@ def _forward_gradient(fun: Callable[[np.ndarray], float], h: float = 1e-7):
     """(f, grad) by forward differences: m + 1 evaluations, always inside the bounds since
     theta only has lower bounds, and much less overhead than scipy's generic numdiff."""
 
-    def fg(x: np.ndarray) -> tuple[float, np.ndarray]:
-        f0 = fun(x)
+    def fg(x: np.ndarray, f0: float | None = None) -> tuple[float, np.ndarray]:
+        f0 = fun(x) if f0 is None else f0
         g = np.empty(len(x))
         for i in range(len(x)):
             step = h * max(1.0, abs(x[i]))
@@ -1020,7 +1020,10 @@ def _analytic_gradient(problem: LMMProblem):
 
     def fg(x: np.ndarray) -> tuple[float, np.ndarray]:
         f, g = problem.value_and_gradient(x)
-        return (f, g) if g is not None else fd(x)
+        if g is not None:
+            return f, g
+        # The value is known; only the differences are new evaluations.
+        return fd(x, f) if np.isfinite(f) else (f, np.zeros(len(x)))
 
     return fg
 
