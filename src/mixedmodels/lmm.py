@@ -292,7 +292,7 @@ def one_factor_sums(T1: np.ndarray, A11: np.ndarray, A1R: np.ndarray, gradient: 
 def one_factor_gradient(SK: np.ndarray, D: np.ndarray, LRR: np.ndarray, n: int, pwrss: float,
                         reml: bool) -> np.ndarray | None:
     """The gradient of the profiled objective in ``T``'s shape (``k x k``; its upper triangle
-    is not a parameter) for one grouping factor, from :func:`first_term_gradient_sums`.
+    is not a parameter) for one grouping factor, from :func:`one_factor_sums`.
 
     ``d/dT sum_g log det M_g = 2 sum_g Z_g'Z_g K_g``; for REML ``d/dT log det(R_X'R_X) = -2
     sum_g P_g A1X_g H A1X_g' K_g`` with ``H = (R_X' R_X)^{-1}``; the penalized residual sum
@@ -1254,7 +1254,7 @@ def optimize_theta(problem: LMMProblem, start: np.ndarray | None = None, method:
     problem : LMMProblem
     start : array, optional
         Starting theta. Default: with one grouping factor, a method-of-moments estimate
-        (:func:`_moment_start`); with a wide dense block and several terms, each term's theta
+        (``_moment_start``); with a wide dense block and several terms, each term's theta
         fitted alone (:func:`_single_term_start`); otherwise (or where those do not apply)
         lme4's 1 on diagonals, 0 elsewhere.
     method : {"L-BFGS-B", "COBYQA"}, optional
@@ -1621,7 +1621,8 @@ def lmer(formula: str, data: pd.DataFrame, reml: bool = True, *, start: np.ndarr
         REML (True, lme4's default) or ML.
     start : array, optional
         Starting theta (default: with one grouping factor a method-of-moments estimate,
-        otherwise 1 on diagonals and 0 elsewhere, as lme4; see :func:`optimize_theta`).
+        otherwise 1 on diagonals and 0 elsewhere, as lme4; see
+        :func:`~mixedmodels.lmm.optimize_theta`).
     weights : str or array-like, optional
         Precision weights (a column name or one value per row of ``data``, all positive):
         row ``i``'s residual variance is ``sigma^2 / w_i``, e.g. ``w_i`` observations averaged
