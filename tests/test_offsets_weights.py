@@ -240,3 +240,30 @@ def test_lmer_weights_profile_intervals_contain_the_estimate_and_match_a_dense_p
         for end in ci.loc[nm]:
             # the dense profile deviance at our interval ends is the chi-square cutoff
             assert abs(prof(kind, end) - dmin - crit) < 2e-3, (nm, end)
+
+
+@pytest.mark.parametrize("how", ["column", "array"])
+def test_weights_and_offset_with_repeated_index_labels(how):
+    """A frame whose index labels repeat (e.g. after pd.concat): per-row arguments are read
+    by position, so the fit equals the one on the same rows with a fresh index, with rows
+    dropped for missing values too."""
+    rng = np.random.default_rng(11)
+    g = np.repeat(np.arange(12), 6)
+    df = pd.DataFrame({"y": rng.normal(size=72) + rng.normal(size=12)[g], "g": g.astype(str),
+                       "w": rng.uniform(1, 2, 72), "o": rng.normal(0, 0.3, 72)},
+                      index=np.repeat(np.arange(36), 2))
+    df.iloc[5, 0] = np.nan  # label 2 repeats: the dropped row is found by position
+    fresh = df.reset_index(drop=True)
+    kw = ({"weights": "w", "offset": "o"} if how == "column"
+          else {"weights": df["w"].to_numpy(), "offset": df["o"].to_numpy()})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a = mm.lmer("y ~ 1 + (1 | g)", df, **kw)
+        b = mm.lmer("y ~ 1 + (1 | g)", fresh, **kw)
+        yb = (df["y"] > 0).astype(float).where(df["y"].notna())
+        c = mm.glmer("y ~ 1 + (1 | g)", df.assign(y=yb), family="binomial", **kw)
+        d = mm.glmer("y ~ 1 + (1 | g)", fresh.assign(y=yb.to_numpy()), family="binomial", **kw)
+    assert a.nobs == b.nobs == 71
+    assert a.loglik == pytest.approx(b.loglik, abs=1e-10)
+    np.testing.assert_allclose(a.fixef, b.fixef, rtol=1e-10)
+    assert c.loglik == pytest.approx(d.loglik, abs=1e-8)

@@ -517,6 +517,10 @@ class ModelStructure:
         The data columns the fixed part reads.
     float_columns : tuple of str
         Integer columns promoted to float before the fixed part was computed.
+    row_mask : ndarray of bool (len(data),) or None
+        Which rows of the user's data were used, by position (None: all of them, or not
+        recorded); per-row arguments are read through it, which index labels cannot do when
+        they repeat.
     """
 
     formula: str
@@ -538,6 +542,7 @@ class ModelStructure:
     weights: np.ndarray | None = None
     fixed_variables: list[str] = field(default_factory=list)
     float_columns: tuple[str, ...] = ()
+    row_mask: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -1580,6 +1585,7 @@ def build_model(formula: str, data: pd.DataFrame, *, drop_rank_deficient: bool =
         rows=data.index[complete] if complete is not None else data.index.copy(),
         n_dropped=n_dropped, reterms=reterms, fixed_spec=fixed_spec, x_keep=keep, fixed_variables=fixed_vars,
         float_columns=tuple(c for c in float_columns if c in fixed_vars), offset=offset,
+        row_mask=None if complete is None else np.asarray(complete, dtype=bool),
     )
     if isinstance(sub, _DeferredFrame):
         # Built when first read (see ModelStructure.__getattr__).

@@ -16,6 +16,7 @@ from . import _validate
 from .covariance import CovarianceLayout
 from .families import Family, get_family
 from .formula import ModelStructure, build_model, row_argument
+from .rows import used_rows
 from .offsets import attach_offset
 
 __all__ = ["GlmerFrame", "glmer_frame"]
@@ -63,19 +64,23 @@ class GlmerFrame:
         return len(r) == 1 and r[0].k == 1
 
 
-def _weights_array(weights, data: pd.DataFrame, rows: pd.Index) -> tuple[np.ndarray | None, str | None]:
+def _weights_array(weights, data: pd.DataFrame, ms) -> tuple[np.ndarray | None, str | None]:
     if weights is None:
         return None, None
+    # The rows used, by position (index labels may repeat).
     if isinstance(weights, str):
         if weights not in data.columns:
             raise ValueError(f"`weights`={weights!r} is not a column of data")
-        w = data.loc[rows, weights].to_numpy(dtype=float)
+        col = data[weights]
+        if isinstance(col, pd.DataFrame):
+            raise ValueError(f"`weights`={weights!r} names {col.shape[1]} columns of the data (repeated label)")
+        w = used_rows(col.to_numpy(dtype=float), ms, data)
         label = weights
     else:
         w_all = np.asarray(weights, dtype=float).ravel()
         if len(w_all) != len(data):
             raise ValueError(f"`weights` has {len(w_all)} values but data has {len(data)} rows")
-        w = pd.Series(w_all, index=data.index).loc[rows].to_numpy()
+        w = used_rows(w_all, ms, data)
         label = "weights"
     if not np.all(np.isfinite(w)):
         raise ValueError("`weights` must be finite numbers")
@@ -203,7 +208,7 @@ def frame_from_model(ms: ModelStructure, data: pd.DataFrame, fam: Family,
     weights : str or array, optional
         As in :func:`mixedmodels.glmer`.
     """
-    w, wlabel = _weights_array(weights, data, ms.rows)
+    w, wlabel = _weights_array(weights, data, ms)
     if fam.name == "binomial":
         y, m = _binomial_response(ms, w)
     elif fam.name != "poisson":

@@ -16,6 +16,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .rows import used_rows
+
 __all__ = ["evaluate_offsets", "attach_offset", "new_offset"]
 
 
@@ -60,16 +62,17 @@ def evaluate_offsets(exprs, data: pd.DataFrame) -> np.ndarray | None:
     return total
 
 
-def _argument_values(offset, data: pd.DataFrame, rows: pd.Index, name: str = "offset") -> np.ndarray:
-    # Every row, and labels unique (a lookup by label is then one row per label): the column as it is.
-    every_row = data.index.is_unique and (rows is data.index or rows.equals(data.index))
+def _argument_values(offset, data: pd.DataFrame, ms, name: str = "offset") -> np.ndarray:
+    # The rows used, by position (index labels may repeat).
     if isinstance(offset, str):
         if offset not in data.columns:
             raise ValueError(f"`{name}`={offset!r} is not a column of the data")
-        col = data[offset] if every_row and data.columns.is_unique else data.loc[rows, offset]
+        col = data[offset]
+        if isinstance(col, pd.DataFrame):
+            raise ValueError(f"`{name}`={offset!r} names {col.shape[1]} columns of the data (repeated label)")
         if not pd.api.types.is_numeric_dtype(col.dtype):
             raise ValueError(f"`{name}` column {offset!r} must be numeric, got dtype {col.dtype}")
-        v = col.to_numpy(dtype=float)
+        v = used_rows(col.to_numpy(dtype=float), ms, data)
     else:
         try:
             a = np.asarray(offset, dtype=float).ravel()
@@ -77,7 +80,7 @@ def _argument_values(offset, data: pd.DataFrame, rows: pd.Index, name: str = "of
             raise ValueError(f"`{name}` must be a column name or numbers, got {type(offset).__name__}") from None
         if a.shape[0] != len(data):
             raise ValueError(f"`{name}` has {a.shape[0]} values but the data has {len(data)} rows")
-        v = a if every_row else pd.Series(a, index=data.index).loc[rows].to_numpy()  # only read
+        v = used_rows(a, ms, data)  # only read
     if not np.all(np.isfinite(v)):
         raise ValueError(f"`{name}` has {int(np.sum(~np.isfinite(v)))} missing or infinite values "
                          "in the rows used")
@@ -105,7 +108,7 @@ def attach_offset(ms, offset, data: pd.DataFrame):
     """
     if offset is None:
         return ms
-    v = _argument_values(offset, data, ms.rows)
+    v = _argument_values(offset, data, ms)
     base = np.zeros(ms.n) if ms.offset is None else ms.offset
     return ms.replace(offset=base + v, offset_argument=offset if isinstance(offset, str) else "array")
 
@@ -133,10 +136,10 @@ def new_offset(ms, newdata: pd.DataFrame | None, offset=None) -> np.ndarray:
     out = np.zeros(len(newdata)) if out is None else out
     arg = getattr(ms, "offset_argument", None)
     if offset is not None:
-        out = out + _argument_values(offset, newdata, newdata.index)
+        out = out + _argument_values(offset, newdata, None)
     elif arg == "array":
         raise ValueError("the fit's offset was given as an array: give the new rows' offsets "
                          "with predict(newdata, offset=...)")
     elif arg is not None:
-        out = out + _argument_values(arg, newdata, newdata.index)
+        out = out + _argument_values(arg, newdata, None)
     return out

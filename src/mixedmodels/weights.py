@@ -15,6 +15,8 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
+from .rows import used_rows
+
 __all__ = ["attach_weights", "working_model"]
 
 
@@ -38,16 +40,16 @@ def attach_weights(ms, weights, data: pd.DataFrame):
     """
     if weights is None:
         return ms
-    # No row dropped (and labels unique, where a lookup by label is one row per label): the
-    # column as it is.
-    every_row = data.index.is_unique and ms.rows.equals(data.index)
+    # The rows used, by position (index labels may repeat).
     if isinstance(weights, str):
         if weights not in data.columns:
             raise ValueError(f"`weights`={weights!r} is not a column of the data")
-        col = data[weights] if every_row and data.columns.is_unique else data.loc[ms.rows, weights]
+        col = data[weights]
+        if isinstance(col, pd.DataFrame):
+            raise ValueError(f"`weights`={weights!r} names {col.shape[1]} columns of the data (repeated label)")
         if not pd.api.types.is_numeric_dtype(col.dtype):
             raise ValueError(f"`weights` column {weights!r} must be numeric, got dtype {col.dtype}")
-        w = col.to_numpy(dtype=float)
+        w = used_rows(col.to_numpy(dtype=float), ms, data)
     else:
         try:
             a = np.asarray(weights, dtype=float).ravel()
@@ -55,7 +57,7 @@ def attach_weights(ms, weights, data: pd.DataFrame):
             raise ValueError(f"`weights` must be a column name or numbers, got {type(weights).__name__}") from None
         if a.shape[0] != len(data):
             raise ValueError(f"`weights` has {a.shape[0]} values but the data has {len(data)} rows")
-        w = _read_only_copy(a) if every_row else pd.Series(a, index=data.index).loc[ms.rows].to_numpy()
+        w = used_rows(_read_only_copy(a), ms, data)
     if not np.all(np.isfinite(w)):
         raise ValueError(f"`weights` has {int(np.sum(~np.isfinite(w)))} missing or infinite values")
     if np.any(w <= 0):
