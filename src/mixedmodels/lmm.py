@@ -681,7 +681,8 @@ class LMMProblem:
         return self._components(L11, LRR)
 
     def _components(self, L11: np.ndarray, LRR: np.ndarray) -> DevianceComponents:
-        return self.components_from(2.0 * np.sum(np.log(np.diagonal(L11, axis1=1, axis2=2))), LRR)
+        d = L11.reshape(-1) if self.k1 == 1 else np.diagonal(L11, axis1=1, axis2=2)
+        return self.components_from(2.0 * float(np.log(d).sum()), LRR)
 
     def components_from(self, ldL1: float, LRR: np.ndarray, q: int | None = None) -> DevianceComponents:
         """The named pieces from ``log det`` of the first term's diagonal blocks (``ldL1``, a
@@ -822,7 +823,8 @@ class LMMProblem:
             if info != 0:
                 return None
             # potri leaves the upper triangle as LRR had it: zero (potrf's clean output).
-            G = G + G.T - np.diag(np.diag(G))
+            G += G.T
+            G.flat[::m + 1] *= 0.5
             W = U2[:, :m] / d1[:, None]
             S1 += float(np.sum((W @ G) * W))
         v, info = sla.lapack.dtrtrs(LRR[:-1, :-1], LRR[-1, :-1], lower=1, trans=1) if self.r > 1 \
@@ -1168,7 +1170,7 @@ def _newton_steps(problem: LMMProblem, x: np.ndarray, fx: float, g: np.ndarray |
     change falls below its ``ftol``; on a criterion this flat that leaves theta ~1e-6
     relative from the optimum, wherever its path happened to approach it from (a Dask fit
     and an in-memory one of the same data add their sums in different orders and stop at
-    different points); two or three steps reach the optimum to ~1e-10. From a
+    different points); two or three steps reach the optimum to ~1e-9. From a
     method-of-moments start (``far=True``), within ~30% of the optimum: about two thirds of
     L-BFGS-B's evaluations and none of its bookkeeping. There the steps give up -- and the
     caller runs L-BFGS-B from the best point reached -- at the first sign that the start is
@@ -1205,9 +1207,10 @@ def _newton_steps(problem: LMMProblem, x: np.ndarray, fx: float, g: np.ndarray |
     bounded = np.isfinite(problem.lower)
     rate, prev, settled = (1.0 if far else 1e-4), None, False
     for _ in range(steps):
-        d = -sla.cho_solve((c, True), g)
+        # LAPACK directly: scipy's cho_solve checks cost more than the solve at this size.
+        d = -sla.lapack.dpotrs(c, g, lower=1)[0]
         size = float(np.max(np.abs(d) / np.maximum(1.0, np.abs(x))))
-        if not size > 1e-10:
+        if not size > 1e-9:
             settled = True
             break
         if prev is not None:
@@ -1232,9 +1235,9 @@ def _newton_steps(problem: LMMProblem, x: np.ndarray, fx: float, g: np.ndarray |
         sd, yd = xn - x, gn - g
         sy = float(sd @ yd)
         x, fx, g = xn, float(fn), gn
-        if size * rate < 1e-10:
+        if size * rate < 1e-9:
             settled = True
-            break  # the next step would be below 1e-10
+            break  # the next step would be below 1e-9 (relative): theta is that close
         if sy > 0:
             Hs = H @ sd
             Hn = H - np.outer(Hs, Hs) / float(sd @ Hs) + np.outer(yd, yd) / sy
