@@ -1261,9 +1261,14 @@ def optimize_theta(problem: LMMProblem, start: np.ndarray | None = None, method:
         fitted alone (:func:`_single_term_start`); otherwise (or where those do not apply)
         lme4's 1 on diagonals, 0 elsewhere.
     method : {"L-BFGS-B", "COBYQA"}, optional
-        Default: L-BFGS-B with the analytic gradient (:meth:`LMMProblem.value_and_gradient`;
-        forward differences at a boundary), which needs a quarter to a third of the
-        evaluations of derivative-free methods. Without the formula (a sparse layout with a
+        Default: from a method-of-moments start (one grouping factor; or crossed or nested
+        random intercepts, ``_backfit_start``), Newton steps with the Hessian by
+        differences of the exact gradient (``_newton_steps``), which reach the optimum in
+        6-13 evaluations on lme4's reference fits; where they give up (the optimum on a
+        bound, the start outside Newton's region) or there is no such start, L-BFGS-B with
+        the analytic gradient (:meth:`LMMProblem.value_and_gradient`; forward differences
+        at a boundary), which needs a quarter to a third of the evaluations of
+        derivative-free methods, then the same Newton steps to finish. Without the formula (a sparse layout with a
         vector-valued term, or a subclass that evaluates elsewhere): forward differences for
         a narrow dense block, COBYQA (Powell-style derivative-free trust region with
         quadratic models, the successor of lme4's BOBYQA) for a wide one. With a wide dense
