@@ -389,19 +389,16 @@ class DaskLMMProblem(LMMProblem):
             None where the objective is undefined.
         """
         theta = np.asarray(theta, dtype=float)
-        self.evaluations += 1
-        try:
+
+        def compute():
             ld, LRR, SK, D = self._factor(theta, gradient=True)
             c = self.components_from(ld, LRR)
-            val = c.reml if self.reml else c.deviance
-        except np.linalg.LinAlgError:
-            val = np.inf
-        if not np.isfinite(val):
-            val = np.inf
-        if self.record_history:
-            self.history.append((theta.copy(), val))
-        if not np.isfinite(val):
+            return c, (c, SK, D, LRR)
+
+        val, parts = self._evaluate(theta, compute)
+        if parts is None:
             return val, None
+        c, SK, D, LRR = parts
         gT = one_factor_gradient(SK, D, LRR, self.n, c.pwrss, self.reml)
         if gT is None:
             return val, None

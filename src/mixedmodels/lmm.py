@@ -704,17 +704,24 @@ class LMMProblem:
 
     def __call__(self, theta: np.ndarray) -> float:
         """The objective (REML criterion or ML deviance) at theta; +inf where undefined."""
+        return self._evaluate(theta, lambda: (self.components(theta), None))[0]
+
+    def _evaluate(self, theta: np.ndarray, compute: Callable[[], tuple]) -> tuple[float, object]:
+        """One evaluation: ``compute() -> (DevianceComponents, extra)``, counted and recorded
+        in the history; the criterion's value and ``extra``, or ``(+inf, None)`` where the
+        criterion is undefined (a factorization failed or the value is not finite)."""
         self.evaluations += 1
+        extra = None
         try:
-            c = self.components(theta)
+            c, extra = compute()
             val = c.reml if self.reml else c.deviance
         except np.linalg.LinAlgError:
             val = np.inf
         if not np.isfinite(val):
-            val = np.inf
+            val, extra = np.inf, None
         if self.record_history:
             self.history.append((np.array(theta, dtype=float), val))
-        return val
+        return val, extra
 
     def value_and_gradient(self, theta: np.ndarray) -> tuple[float, np.ndarray | None]:
         """The objective and its analytic gradient at theta.
@@ -751,20 +758,17 @@ class LMMProblem:
             # loses every digit (1 - D_g is O(theta^2)): forward differences instead.
             return self(theta), None
         Ts = self.split_theta(theta)
-        self.evaluations += 1
-        try:
+
+        def compute():
             # The sparse layout's U is not needed: u comes from A1R directly (_gradient).
             _, L11, U, LRR = self._factor(Ts, need_U=not self.sparse)
             c = self._components(L11, LRR)
-            val = c.reml if self.reml else c.deviance
-        except np.linalg.LinAlgError:
-            val = np.inf
-        if not np.isfinite(val):
-            val = np.inf
-        if self.record_history:
-            self.history.append((theta.copy(), val))
-        if not np.isfinite(val):
+            return c, (c, L11, U, LRR)
+
+        val, parts = self._evaluate(theta, compute)
+        if parts is None:
             return val, None
+        c, L11, U, LRR = parts
         if self._scalar_dense:
             return val, self._gradient_scalar(theta, L11, U, LRR, c.pwrss)
         grad = self._gradient(Ts, L11, U, LRR, c.pwrss)
@@ -784,20 +788,17 @@ class LMMProblem:
         """One grouping factor: the objective and the inverse-free gradient of
         :func:`one_factor_gradient` (exact on the boundary too)."""
         T = self._stacked_T(theta)
-        self.evaluations += 1
-        try:
+
+        def compute():
             ldL, UtU, SK, D = one_factor_sums(T, self._A11m, self._A1Rm, gradient=True)
             LRR = self._dense_factor(UtU)
             c = self.components_from(ldL, LRR, q=0)
-            val = c.reml if self.reml else c.deviance
-        except np.linalg.LinAlgError:
-            val = np.inf
-        if not np.isfinite(val):
-            val = np.inf
-        if self.record_history:
-            self.history.append((theta.copy(), val))
-        if not np.isfinite(val):
+            return c, (c, SK, D, LRR)
+
+        val, parts = self._evaluate(theta, compute)
+        if parts is None:
             return val, None
+        c, SK, D, LRR = parts
         gT = one_factor_gradient(SK, D, LRR, self.n, c.pwrss, self.reml)
         return val, None if gT is None else gT[self._stack_rows, self._stack_cols]
 
