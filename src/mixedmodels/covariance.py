@@ -216,6 +216,40 @@ class CovarianceLayout:
         """Each term's covariance ``sigma^2 T T'``."""
         return [sigma**2 * (T @ T.T) for T in self.factors(theta)]
 
+    def flipped_at_zero(self, theta: np.ndarray, indices) -> list[np.ndarray]:
+        """Equivalent thetas at a singular point: for each diagonal entry among ``indices``
+        that is 0, the same theta with the rest of its column negated.
+
+        With ``T[i, i] = 0`` the covariance ``T T'`` does not change when column ``i`` changes
+        sign, but the criterion's derivative in ``T[i, i]`` does: a point where raising the
+        zero diagonal looks uphill may be downhill from its mirror image (a saddle that the
+        boundary rule's probes along ``T[i, i]`` alone cannot see).
+
+        Parameters
+        ----------
+        theta : ndarray (ntheta,)
+        indices : sequence of int
+            Positions in theta to consider (those at their bound).
+
+        Returns
+        -------
+        list of ndarray
+            One theta per zero diagonal entry whose column has a nonzero entry below it.
+        """
+        theta = self._check(theta)
+        out = []
+        for i in indices:
+            e = self.entries[int(i)]
+            if not e.diagonal or theta[int(i)] != 0.0:
+                continue
+            below = [j for j, f in enumerate(self.entries)
+                     if f.term == e.term and f.col == e.col and f.row > e.row and theta[j] != 0.0]
+            if below:
+                flipped = np.array(theta, dtype=float)
+                flipped[below] = -flipped[below]
+                out.append(flipped)
+        return out
+
     def normalize(self, theta: np.ndarray) -> np.ndarray:
         """Flip the sign of each factor column whose diagonal is negative (same covariance)."""
         theta = np.array(self._check(theta), dtype=float)

@@ -265,6 +265,16 @@ def _probe_zero_sds(obj, x: np.ndarray, ll: float, free=None) -> np.ndarray | No
         return -2.0 * value
 
     better = probe_inside(deviance, x, zero, -2.0 * ll)
+    if better is None:
+        # A zero diagonal of a vector term: its mirror images (same covariance) too.
+        lay, p = obj.frame.layout, obj.p
+        th = slice(p, p + lay.ntheta)
+        for mirror in lay.flipped_at_zero(x[th], [j - p for j in zero]):
+            xm = np.array(x, dtype=float)
+            xm[th] = mirror
+            better = probe_inside(deviance, xm, zero, -2.0 * ll)
+            if better is not None:
+                break
     obj.reset()
     _safe_evaluate(obj, x)  # leave the objective's state (modes, warm starts) at x
     return None if better is None else better[0]

@@ -1352,6 +1352,11 @@ def optimize_theta(problem: LMMProblem, start: np.ndarray | None = None, method:
         # with the optimum inside; restart from the better point if a step inside finds one.
         at_bound = np.flatnonzero(bounded & (x - problem.lower < 1e-4))
         better = probe_inside(problem, x, at_bound, fx)
+        # A zero diagonal of a vector term: its mirror images (same covariance) too.
+        for mirror in ([] if better is not None else problem.layout.flipped_at_zero(x, at_bound)):
+            better = probe_inside(problem, mirror, at_bound, fx)
+            if better is not None:
+                break
         if better is None:
             break
         res = run(better[0])
@@ -1371,19 +1376,21 @@ def optimize_theta(problem: LMMProblem, start: np.ndarray | None = None, method:
         x, fx, derivatives = _newton_steps(problem, x, fx, g0, far=False, steps=6)
         if derivatives is not None:
             label += "; Newton-polished"
-    if derivatives is None and method == "L-BFGS-B" and has_gradient:
-        # No polish (an optimum on the bound, or no positive definite Hessian): finish with
-        # L-BFGS-B's tight tolerances from where it stopped.
+    if (derivatives is None or not derivatives.settled) and method == "L-BFGS-B" and has_gradient:
+        # No polish, or one that did not settle (an optimum on the bound, a Hessian that is
+        # not positive definite, a very flat criterion): finish with L-BFGS-B's tight
+        # tolerances from where it stopped.
         res = run(x, tight=True)
         xt = np.asarray(res.x, dtype=float)
         ft = _value_at(problem, res)
-        if ft <= fx:
-            x, fx = xt, ft
+        if ft <= fx and not np.array_equal(xt, x):
+            x, fx, derivatives = xt, ft, None  # the check computes its own derivatives
     evals = problem.evaluations
     problem.record_history = False
     seconds = time.perf_counter() - t0
     ok, msg, mg = check_convergence(problem, x, problem.lower, f0=fx, gradient=gradient,
-                                    derivatives=derivatives)
+                                    derivatives=derivatives,
+                                    equivalents=lambda z, idx: problem.layout.flipped_at_zero(z, idx))
     return OptSummary(optimizer=label, initial=theta0, final=x, lower=problem.lower, finitial=f0,
                       fval=fx, feval=evals, message=str(res.message), converged=ok,
                       convergence_message=msg, max_grad=mg, history=list(problem.history), seconds=seconds)

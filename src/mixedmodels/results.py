@@ -193,6 +193,7 @@ def check_convergence(
     f0: float | None = None,
     gradient: Callable[[np.ndarray], np.ndarray | None] | None = None,
     derivatives: tuple[np.ndarray, np.ndarray] | None = None,
+    equivalents: Callable[[np.ndarray, np.ndarray], list[np.ndarray]] | None = None,
 ) -> tuple[bool, str, float]:
     """Check an optimum with a finite-difference gradient and Hessian (lme4's ``checkConv``).
 
@@ -221,6 +222,11 @@ def check_convergence(
         The exact gradient at ``x`` and a Hessian the caller already has (from forward
         differences of the exact gradient near ``x``); used in place of ``gradient`` when no
         parameter is on its bound.
+    equivalents : callable, optional
+        ``equivalents(x, indices)``: other parametrizations of the same model as ``x`` with
+        the parameters ``indices`` on their bound (for a covariance factor, the mirror images
+        of :meth:`mixedmodels.covariance.CovarianceLayout.flipped_at_zero`); the boundary
+        rule probes inside from each of them as well.
 
     Returns
     -------
@@ -261,6 +267,10 @@ def check_convergence(
     # alone cannot tell (negative curvature there means the optimum is inside).
     held = np.flatnonzero(at_bound & (grad >= 0))
     inside = probe_inside(fun, x, held, f0)
+    for mirror in ([] if inside is not None or equivalents is None else equivalents(x, np.flatnonzero(at_bound))):
+        inside = probe_inside(fun, mirror, np.flatnonzero(at_bound), f0)
+        if inside is not None:
+            break
     if inside is not None:
         gain = f0 - inside[1]
         return (False, f"may not have converged: a parameter stopped on its bound, but the objective falls by "
