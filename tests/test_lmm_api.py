@@ -134,3 +134,13 @@ def test_moment_start_falls_back_without_within_group_information():
     assert lmm._moment_start(problem) is None
     opt = lmm.optimize_theta(problem)
     np.testing.assert_allclose(opt.initial, [1.0, 0.0, 1.0])
+
+
+def test_dropped_rows_warning_points_at_the_callers_line():
+    rng = np.random.default_rng(0)
+    d = pd.DataFrame({"y": rng.normal(size=50), "x": rng.normal(size=50),
+                      "g": np.repeat(np.arange(10), 5).astype(str)})
+    d.loc[3, "x"] = np.nan
+    with pytest.warns(UserWarning, match="dropped 1 of 50 rows") as record:
+        lmm.lmer("y ~ x + (1 | g)", d)
+    assert any(w.filename == __file__ for w in record)

@@ -1677,7 +1677,12 @@ def lmer(formula: str, data: pd.DataFrame, reml: bool = True, *, start: np.ndarr
     _validate.check_dataframe(data, allow_empty=False)
     # Per-row arguments: a Series is matched by index; a row missing one is dropped (warned).
     w_rows, o_rows = row_argument(weights, data, "weights"), row_argument(offset, data, "offset")
-    model = build_model(formula, data, row_arguments={"weights": w_rows, "offset": o_rows})
+    # Model building warns (rows dropped for missing values...): at the caller's line.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = build_model(formula, data, row_arguments={"weights": w_rows, "offset": o_rows})
+    for w in caught:
+        warnings.warn(w.message, w.category, stacklevel=2)
     model = attach_weights(attach_offset(model, offset if isinstance(offset, str) or o_rows is None
                                          else o_rows.to_numpy(), data),
                            weights if isinstance(weights, str) or w_rows is None else w_rows.to_numpy(), data)
