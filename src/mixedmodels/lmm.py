@@ -1396,6 +1396,49 @@ def optimize_theta(problem: LMMProblem, start: np.ndarray | None = None, method:
                       convergence_message=msg, max_grad=mg, history=list(problem.history), seconds=seconds)
 
 
+def _re_column_scales(model: ModelStructure) -> list[np.ndarray] | None:
+    """Each random-effects term's column scales (root mean squares), if any column's lies
+    outside ``scaling.WELL_SCALED``; None for a well-scaled design (the common case)."""
+    from .scaling import WELL_SCALED
+
+    scales = [np.sqrt(np.mean(t.Z * t.Z, axis=0)) for t in model.reterms]
+    lo, hi = WELL_SCALED
+    if all(np.all((s >= lo) & (s <= hi)) for s in scales) or any(np.any(s == 0) for s in scales):
+        return None
+    return scales
+
+
+def _optimize_in_scaled_units(model: ModelStructure, problem: LMMProblem,
+                              start: np.ndarray | None) -> OptSummary:
+    """:func:`optimize_theta`, on random-effect columns of unit scale when they are far from it.
+
+    A random slope on a covariate of ~1e6 (a price in cents, a count of seconds) has a
+    relative SD of ~1e-7: the optimizer's steps, difference widths and tolerances, all
+    relative to max(1, |theta|), then lose every digit and it stops at a wrong point that
+    looks converged (lme4 fails the same way, with a warning to rescale). The answer must
+    not depend on a covariate's units: the model is fitted with each column of ``Z`` divided
+    by its root mean square ``s`` -- the same model, with ``T_s = diag(s) T`` (rows scaled,
+    still lower triangular) -- and theta is mapped back, ``theta = theta_s / s[row]``; the
+    result is computed on the original problem at that theta.
+    """
+    scales = _re_column_scales(model)
+    if scales is None:
+        return optimize_theta(problem, start)
+    scaled = dataclasses.replace(model, reterms=[dataclasses.replace(t, Z=t.Z / s)
+                                                 for t, s in zip(model.reterms, scales)])
+    sproblem = LMMProblem(scaled, reml=problem.reml)
+    # theta_s = theta * s[row of the entry in its term's factor]
+    d = np.array([scales[e.term][e.row] for e in problem.layout.entries])
+    opt = optimize_theta(sproblem, None if start is None else np.asarray(start, dtype=float) * d)
+    opt.optimizer += "; random-effect columns rescaled to unit scale"
+    opt.initial = np.asarray(opt.initial, dtype=float) / d
+    opt.final = np.asarray(opt.final, dtype=float) / d
+    opt.history = [(np.asarray(th, dtype=float) / d, v) for th, v in opt.history]
+    opt.theta_scale = d  # singularity is judged in the unit-scale theta (LinearMixedModel)
+    problem.evaluations = sproblem.evaluations
+    return opt
+
+
 class LinearMixedModel(MixedModel):
     """A fitted linear mixed model (the result of :func:`lmer`).
 
@@ -1476,8 +1519,11 @@ class LinearMixedModel(MixedModel):
     # ---- variance components ------------------------------------------------------------
 
     def _is_singular(self, tol: float = 1e-4) -> bool:
-        """lme4's isSingular: a diagonal element of a relative covariance factor near 0."""
-        return self.layout.singular(self.theta, tol)
+        """lme4's isSingular: a diagonal element of a relative covariance factor near 0 (on
+        unit-scale random-effect columns where the fit rescaled them: a slope on a covariate
+        of ~1e6 has a relative SD of ~1e-7 without being singular)."""
+        d = getattr(self.optsum, "theta_scale", None)
+        return self.layout.singular(self.theta if d is None else self.theta * d, tol)
 
     def _covariances(self) -> list[np.ndarray]:
         return self.layout.covariances(self.theta, self.sigma)
@@ -1691,7 +1737,7 @@ def lmer(formula: str, data: pd.DataFrame, reml: bool = True, *, start: np.ndarr
         problem = LMMProblem(model, reml=bool(reml))
         if start is not None:
             start = _validate.check_theta(start, problem.ntheta, problem.lower, "start")
-        optsum = optimize_theta(problem, start)
+        optsum = _optimize_in_scaled_units(model, problem, start)
         fit = LinearMixedModel(model, problem, optsum)
     # The call, for update() and anova()'s ML refits (R keeps it as fit@call).
     fit.call = {"fitter": "lmer", "args": {"formula": formula, "data": data, "reml": reml,
