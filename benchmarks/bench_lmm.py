@@ -9,7 +9,8 @@ is installed, lme4's ``lmer`` is timed on the same data in the same run (median 
 fixture is shown, marked "(recorded)".
 
 Run: ``.venv/bin/python benchmarks/bench_lmm.py`` (add ``--quick`` to skip the big model,
-``--repeats N`` for the number of timed runs of each small fit, 15 by default). Each small
+``--repeats N`` for the number of timed runs of each small fit, 30 by default, the
+models taken in turn). Each small
 fit's line names the optimizer's path (``Newton`` from a method-of-moments start, or
 ``L-BFGS-B``) and its evaluations of the criterion with its gradient. The last
 lines say which targets are met.
@@ -99,18 +100,29 @@ def _met(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
 
-def main(quick: bool = False, repeats: int = 15) -> None:
+def main(quick: bool = False, repeats: int = 30) -> None:
     load = os.getloadavg()[0]
     print(f"machine: {platform.machine()}, {platform.system()}, {os.cpu_count()} cores, python {platform.python_version()}, "
           f"load average {load:.2f} at the start")
     print("Times are medians of wall-clock time (the targets' measure) and of this process's CPU time; on a loaded\n"
           "machine the wall-clock figures (and, less so, the CPU ones) are inflated.")
-    print(f"small reference fits (median of {repeats} runs; target <= {SMALL_TARGET_MS:g} ms each):")
+    print(f"small reference fits (median of {repeats} runs, the models taken in turn; target <= "
+          f"{SMALL_TARGET_MS:g} ms each):")
     all_met = True
-    for name in GAUSSIAN:
-        ref, df = load_reference(name)
+    cases = {name: load_reference(name) for name in GAUSSIAN}
+    for ref, df in cases.values():
         lmer(ref["formula"], df, reml=ref["reml"])  # imports and caches warm, as in a session
-        wall, cpu, fit = _timed(lambda: lmer(ref["formula"], df, reml=ref["reml"]), repeats)
+    # Round-robin over the models, so a slow spell of this VM (its timings drift by tens of
+    # percent over seconds) spreads over all of them instead of landing on one model's runs.
+    runs = {name: ([], [], None) for name in GAUSSIAN}
+    for _ in range(repeats):
+        for name, (ref, df) in cases.items():
+            w, c, fit = _timed(lambda: lmer(ref["formula"], df, reml=ref["reml"]), 1)
+            runs[name][0].append(w)
+            runs[name][1].append(c)
+            runs[name] = (runs[name][0], runs[name][1], fit)
+    for name, (ref, df) in cases.items():
+        wall, cpu, fit = float(np.median(runs[name][0])), float(np.median(runs[name][1])), runs[name][2]
         factors = ref["factors"] if isinstance(ref["factors"], list) else [ref["factors"]]
         t_r = lme4_seconds(ref["formula"], df, factors, ref["reml"])
         lme4 = (f"lme4 in this run: {1000 * t_r:.0f} ms" if np.isfinite(t_r)
@@ -145,4 +157,4 @@ def main(quick: bool = False, repeats: int = 15) -> None:
 
 if __name__ == "__main__":
     main(quick="--quick" in sys.argv,
-         repeats=int(sys.argv[sys.argv.index("--repeats") + 1]) if "--repeats" in sys.argv else 15)
+         repeats=int(sys.argv[sys.argv.index("--repeats") + 1]) if "--repeats" in sys.argv else 30)
