@@ -60,7 +60,7 @@ from .formula import (ModelStructure, ReTerm, _drop_dependent_columns, _label, _
                       _formula_variables, build_model, evaluate_response, new_model_matrix,
                       parse_formula, resolve_spec)
 from .lmm import (EXACT_FIT_FLOOR, LinearMixedModel, LMMProblem, _cholesky_exact_fit,
-                  first_term_cholesky, first_term_U, one_factor_gradient, one_factor_sums,
+                  first_term_cholesky, first_term_U, one_factor_sums,
                   optimize_theta)
 from .offsets import new_offset
 from .results import ConvergenceWarning, OptSummary
@@ -389,21 +389,7 @@ class DaskLMMProblem(LMMProblem):
             None where the objective is undefined.
         """
         theta = np.asarray(theta, dtype=float)
-
-        def compute():
-            ld, LRR, SK, D = self._factor(theta, gradient=True)
-            c = self.components_from(ld, LRR)
-            return c, (c, SK, D, LRR)
-
-        val, parts = self._evaluate(theta, compute)
-        if parts is None:
-            return val, None
-        c, SK, D, LRR = parts
-        gT = one_factor_gradient(SK, D, LRR, self.n, c.pwrss, self.reml)
-        if gT is None:
-            return val, None
-        rows, cols = self.layout.stacked_index()
-        return val, gT[rows, cols]
+        return self._one_factor_result(theta, lambda: self._factor(theta, gradient=True))
 
     def components(self, theta: np.ndarray):
         """The named pieces of the objective at theta (as the in-memory problem's)."""

@@ -789,9 +789,20 @@ class LMMProblem:
         :func:`one_factor_gradient` (exact on the boundary too)."""
         T = self._stacked_T(theta)
 
-        def compute():
+        def sums():
             ldL, UtU, SK, D = one_factor_sums(T, self._A11m, self._A1Rm, gradient=True)
-            LRR = self._dense_factor(UtU)
+            return ldL, self._dense_factor(UtU), SK, D
+
+        return self._one_factor_result(theta, sums)
+
+    def _one_factor_result(self, theta: np.ndarray, sums: Callable[[], tuple]) -> tuple[float, np.ndarray | None]:
+        """The objective and gradient of a model with one grouping factor from ``sums() ->
+        (sum_g log det M_g, LRR, SK, D)`` (:func:`one_factor_sums` over all levels, the dense
+        block factored): shared by the in-memory objective and the Dask one, which gathers
+        the sums from its partitions."""
+
+        def compute():
+            ldL, LRR, SK, D = sums()
             c = self.components_from(ldL, LRR, q=0)
             return c, (c, SK, D, LRR)
 
@@ -800,7 +811,11 @@ class LMMProblem:
             return val, None
         c, SK, D, LRR = parts
         gT = one_factor_gradient(SK, D, LRR, self.n, c.pwrss, self.reml)
-        return val, None if gT is None else gT[self._stack_rows, self._stack_cols]
+        if gT is None:
+            return val, None
+        if getattr(self, "_stack_rows", None) is None:
+            self._stack_rows, self._stack_cols = self.layout.stacked_index()
+        return val, gT[self._stack_rows, self._stack_cols]
 
     def _dense_factor(self, UtU: np.ndarray) -> np.ndarray:
         """The lower Cholesky factor of ``[X y]' [X y] - UtU`` (one grouping factor)."""
